@@ -1,0 +1,118 @@
+"""Benchmark tq4_sdpa against bf16 SDPA on a CUDA GPU (decode 4K/32K/128K, causal prefill 4096).
+
+    python scripts/bench_attention.py [--out results/attention.md] [--json FILE]
+
+Times are medians of CUDA-graph replays (triton.testing.do_bench_cudagraph), so Python launch
+overhead does not hide the kernels. GB/s counts the bytes each kernel must read: the compressed
+cache (packed indices + bf16 norms) for ours, the bf16 cache for SDPA. Cosine is ours against the
+fp32 reference on the same compressed cache. ExecuTorch's own tq4_sdpa is timed when the
+installed executorch has it (>= 1.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+
+import tq_kernels  # noqa: F401  (registers torch.ops.tq.tq4_sdpa)
+from tq_kernels.tq4_sdpa import tq4_sdpa_reference
+from tq_export.turboquant import TurboQuantizer
+
+SHAPES = {"qwen3.5-moe": (16, 2, 256), "llama": (32, 8, 128)}  # (H_q, H_kv, D)
+CASES = [("decode", 4096), ("decode", 32768), ("decode", 131072), ("prefill", 4096)]
+
+
+def executorch_tq4_sdpa():
+    try:
+        from executorch.backends.cuda.triton.kernels.tq4_sdpa import tq4_sdpa  # type: ignore
+
+        return tq4_sdpa
+    except Exception:  # not shipped before executorch 1.3
+        return None
+
+
+def make_inputs(h_q, h_kv, d, lq, ctx, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    qz = TurboQuantizer(d, 4, seed=0).cuda()
+    k = torch.randn(1, h_kv, ctx, d, device="cuda", generator=g, dtype=torch.bfloat16)
+    v = torch.randn(1, h_kv, ctx, d, device="cuda", generator=g, dtype=torch.bfloat16)
+    q = torch.randn(1, h_q, lq, d, device="cuda", generator=g, dtype=torch.bfloat16)
+    kp, kn = qz.quantize(k)
+    vp, vn = qz.quantize(v)
+    kv_len = torch.tensor([ctx], device="cuda")
+    return q, k, v, (q, kp, kn, vp, vn, qz.centroids, qz.rotation, kv_len)
+
+
+def bench(fn):
+    return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
+
+
+def run_case(name, kind, ctx):
+    h_q, h_kv, d = SHAPES[name]
+    lq = 1 if kind == "decode" else ctx
+    q, k, v, args = make_inputs(h_q, h_kv, d, lq, ctx)
+    causal = kind == "prefill"
+    ours = lambda: torch.ops.tq.tq4_sdpa(*args)  # noqa: E731
+    sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)  # noqa: E731
+    out = ours()
+    ref = tq4_sdpa_reference(*args)
+    cos = F.cosine_similarity(out.float().flatten(), ref.float().flatten(), dim=0).item()
+    t_ours, t_sdpa = bench(ours), bench(sdpa)
+    et = executorch_tq4_sdpa()
+    t_et = None
+    if et is not None:
+        try:
+            t_et = bench(lambda: et(*args))
+        except Exception as e:  # different signature in that release: report, don't fail
+            print(f"executorch tq4_sdpa not timed: {e}")
+    tq_bytes = 2 * h_kv * ctx * (d // 2 + 2)
+    bf16_bytes = 2 * h_kv * ctx * d * 2
+    return {
+        "model": name, "case": f"{kind} {ctx // 1024}K", "ms_ours": t_ours, "ms_bf16": t_sdpa,
+        "ms_executorch": t_et, "ratio": t_ours / t_sdpa,
+        "gbs_ours": tq_bytes / t_ours / 1e6, "gbs_bf16": bf16_bytes / t_sdpa / 1e6, "cosine": cos,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/attention.md", help="markdown results file to append to")
+    ap.add_argument("--json", help="also write the raw rows here")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("error: bench_attention.py needs a CUDA GPU")
+    gpu = torch.cuda.get_device_name()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except Exception:
+        commit = "unknown"
+    rows = [run_case(name, kind, ctx) for name in SHAPES for kind, ctx in CASES]
+    header = (f"\n### {gpu}, commit {commit}, {datetime.date.today()}, torch {torch.__version__}, "
+              f"triton {triton.__version__}\n\n"
+              "| shape | case | bf16 SDPA ms | tq4_sdpa ms | ratio | ExecuTorch tq4 ms | tq4 GB/s | bf16 GB/s | cosine |\n"
+              "|---|---|---|---|---|---|---|---|---|\n")
+    lines = [
+        f"| {r['model']} | {r['case']} | {r['ms_bf16']:.4f} | {r['ms_ours']:.4f} | {r['ratio']:.2f}x | "
+        + (f"{r['ms_executorch']:.4f}" if r["ms_executorch"] else "n/a")
+        + f" | {r['gbs_ours']:.0f} | {r['gbs_bf16']:.0f} | {r['cosine']:.5f} |"
+        for r in rows
+    ]
+    table = header + "\n".join(lines) + "\n"
+    print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as f:
+        f.write(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"gpu": gpu, "commit": commit, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""tq4_sdpa: the Triton path against the fp32 reference, export, and input validation.
+
+On CPU the Triton kernels run under TRITON_INTERPRET=1 (tests/conftest.py); with a GPU the same
+cases run compiled (marked gpu).
+"""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tq_kernels  # noqa: F401
+from tq_export.turboquant import TurboQuantizer
+from tq_kernels.tq4_sdpa import tq4_sdpa_reference, tq4_sdpa_triton
+
+
+def make_args(B, H_q, H_kv, Lq, S, kv_len, D, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    qz = TurboQuantizer(D, 4, seed=seed)
+    # Unit-scale activations (as after q/k norms): outputs stay O(1), where bf16 rounds to <= 8e-3.
+    k = torch.randn(B, H_kv, S, D, generator=g) * 0.5
+    v = torch.randn(B, H_kv, S, D, generator=g) * 0.5
+    q = torch.randn(B, H_q, Lq, D, generator=g).bfloat16()
+    kp, kn = qz.quantize(k.bfloat16())
+    vp, vn = qz.quantize(v.bfloat16())
+    args = (q, kp, kn, vp, vn, qz.centroids, qz.rotation, torch.tensor([kv_len]))
+    return tuple(a.to(device) for a in args)
+
+
+def compare(out, ref):
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16
+    assert not out.isnan().any()
+    out, ref = out.float(), ref.float()
+    cos = F.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item()
+    err = (out - ref).abs().max().item()
+    return cos, err
+
+
+# Ugly shapes: L_q in {1, 5, 64}, S in {1, 77, 300}, GQA 1/2/8, kv_len < S, B = 2, D cycling.
+CASES = [
+    (2, h_kv * gqa, h_kv, lq, s, kv, d)
+    for (lq, s, gqa), d in zip(itertools.product((1, 5, 64), (1, 77, 300), (1, 2, 8)), itertools.cycle((64, 128, 256)))
+    for h_kv in [2 if gqa < 8 else 1]
+    for kv in [max(1, s - 3) if s > 1 else 1]
+]
+
+
+@pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", CASES)
+def test_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
+    args = make_args(B, H_q, H_kv, Lq, S, kv_len, D)
+    cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+@pytest.mark.parametrize("Lq", [1, 5])
+def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
+    args = make_args(2, 4, 2, Lq, 16, 0, 64)
+    out = tq4_sdpa_triton(*args)
+    assert not out.isnan().any() and (out == 0).all()
+    # kv_len = 3 < L_q = 5: the first two rows precede position 0 and see nothing.
+    args = make_args(1, 4, 2, 5, 16, 3, 64)
+    out, ref = tq4_sdpa_triton(*args), tq4_sdpa_reference(*args)
+    assert (out[:, :, :2] == 0).all() and (ref[:, :, :2] == 0).all()
+    cos, err = compare(out, ref)
+    assert cos >= 0.999 and err <= 2e-2
+
+
+def test_split_decode_over_long_cache_matches_reference():
+    # Decode with S large enough that the sequence is split over many programs.
+    args = make_args(1, 16, 2, 1, 2048, 1999, 128)
+    cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2
+
+
+def test_reference_equals_dequantize_then_sdpa():
+    q, kp, kn, vp, vn, c, r, kv_len = make_args(1, 4, 2, 6, 6, 6, 64)
+    qz = TurboQuantizer(64, 4, seed=0)
+    k, v = qz.dequantize(kp, kn), qz.dequantize(vp, vn)
+    want = F.scaled_dot_product_attention(q.float(), k, v, is_causal=True, enable_gqa=True)
+    got = tq4_sdpa_reference(q, kp, kn, vp, vn, c, r, kv_len)
+    # Same positions (kv_len == L_q == S) and the same dequantized cache: only bf16 rounding left.
+    assert (got.float() - want).abs().max() < 1e-2
+
+
+def test_op_on_cpu_is_the_reference():
+    args = make_args(1, 4, 2, 3, 9, 9, 64)
+    assert torch.equal(torch.ops.tq.tq4_sdpa(*args), tq4_sdpa_reference(*args))
+
+
+class Attend(torch.nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        for name, t in zip(("kp", "kn", "vp", "vn", "c", "r"), args[1:7]):
+            self.register_buffer(name, t)
+
+    def forward(self, q, kv_len):
+        return torch.ops.tq.tq4_sdpa(q, self.kp, self.kn, self.vp, self.vn, self.c, self.r, kv_len)
+
+
+def test_export_keeps_one_node_with_dynamic_lq():
+    args = make_args(1, 4, 2, 5, 32, 20, 64)
+    L = torch.export.Dim("L", min=1, max=32)
+    ep = torch.export.export(Attend(args), (args[0], args[7]), dynamic_shapes=({2: L}, None))
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count("tq.tq4_sdpa.default") == 1, targets
+    q7 = make_args(1, 4, 2, 7, 32, 20, 64)[0]
+    assert torch.equal(ep.module()(q7, args[7]), tq4_sdpa_reference(q7, *args[1:]))
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda a: (a[0].float(), *a[1:]), "q must be bfloat16"),
+        (lambda a: (a[0][..., :32].contiguous(), *a[1:]), "head_dim"),
+        (lambda a: (a[0], a[1].int(), *a[2:]), "k_packed must be uint8"),
+        (lambda a: (a[0], a[1][:, :, :5], *a[2:]), "differ"),
+        (lambda a: (a[0][:, :3], *a[1:]), "multiple of H_kv"),
+        (lambda a: (*a[:2], a[2].half(), *a[3:]), "k_norms"),
+        (lambda a: (*a[:5], a[5].double(), *a[6:]), "centroids"),
+        (lambda a: (*a[:6], a[6][:8], a[7]), "rotation"),
+        (lambda a: (*a[:7], a[7].int()), "kv_len"),
+        (lambda a: (*a[:7], a[7].to("meta")), "one device"),
+    ],
+)
+def test_bad_inputs_raise(mutate, match):
+    args = mutate(make_args(1, 4, 2, 2, 8, 8, 64))
+    with pytest.raises(ValueError, match=match):
+        tq4_sdpa_reference(*args)
+    with pytest.raises(ValueError, match=match):
+        tq4_sdpa_triton(*args)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", CASES + [(1, 16, 2, 1, 40000, 39000, 256),
+                                                             (1, 16, 2, 300, 1000, 1000, 256)])
+def test_gpu_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
+    args = make_args(B, H_q, H_kv, Lq, S, kv_len, D, device="cuda")
+    out = torch.ops.tq.tq4_sdpa(*args)
+    cos, err = compare(out, tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
