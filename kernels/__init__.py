@@ -6,3 +6,4 @@ kernels/ is the ground floor: it imports nothing from tq_export.
 """
 
 from . import tq4_sdpa  # noqa: F401  (registers torch.ops.tq.tq4_sdpa)
+from . import hybrid_ops  # noqa: F401  (registers the gated delta rule, causal conv and MoE ops)
