@@ -45,48 +45,47 @@ HEAD_DIMS = (64, 128, 256)
 def _rotate_q_kernel(
     q_ptr, rot_ptr, qr_ptr, cent_ptr, lut_ptr,
     stride_qb, stride_qh, stride_ql,
-    Lq, M_total, H_kv, qk_scale,
+    M_total, H_kv, qk_scale,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """q_rot[b, kvh, r, :] = q[b, kvh*G + r%G, r//G, :] @ R^T * qk_scale  (GQA-packed rows, bf16).
+    """q_rot[b, kvh, r, c-chunk] = q[b, kvh*G + r%G, r//G, :] @ R[c-chunk, :]^T * qk_scale  (bf16).
 
-    Also writes the bf16 codebook LUT once, so the attention loop loads 2-byte entries without a
-    conversion and no extra launch is needed.
+    Rows are GQA-packed (r = position * G + head). One program per column chunk keeps the read of R
+    spread over many SMs. Program (0, 0, 0) also writes the bf16 codebook LUT, so the attention
+    loop loads 2-byte entries with no conversion and no extra launch.
     """
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_m, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
-    if i_m == 0 and i_bh == 0:
-        o_c = tl.arange(0, 16)
-        tl.store(lut_ptr + o_c, tl.load(cent_ptr + o_c).to(tl.bfloat16))
+    if i_m == 0 and i_bh == 0 and i_c == 0:
+        o_l = tl.arange(0, 16)
+        tl.store(lut_ptr + o_l, tl.load(cent_ptr + o_l).to(tl.bfloat16))
     o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_r = o_r < M_total
     o_d = tl.arange(0, D)
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     p_q = (q_ptr + i_b * stride_qb + (i_kvh * G + o_r % G)[:, None] * stride_qh
            + (o_r // G)[:, None] * stride_ql + o_d[None, :])
     b_q = tl.load(p_q, mask=m_r[:, None], other=0.0).to(tl.float32)  # [BM, D]
-    p_out = qr_ptr + (i_bh * M_total + o_r)[:, None] * D
-    for c0 in tl.static_range(0, D, BLOCK_C):
-        o_c = c0 + tl.arange(0, BLOCK_C)
-        b_r = tl.load(rot_ptr + o_c[:, None] * D + o_d[None, :])  # [BC, D] rows of R
-        b_o = tl.dot(b_q, tl.trans(b_r)) * qk_scale  # [BM, BC]
-        tl.store(p_out + o_c[None, :], b_o.to(tl.bfloat16), mask=m_r[:, None])
+    b_r = tl.load(rot_ptr + o_c[:, None] * D + o_d[None, :])  # [BC, D] rows of R
+    b_o = tl.dot(b_q, tl.trans(b_r)) * qk_scale  # [BM, BC]
+    tl.store(qr_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o.to(tl.bfloat16),
+             mask=m_r[:, None])
 
 
 @triton.jit
-def _unrotate_store(b_oe, b_oo, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r,
+def _unrotate_store(b_oe, b_oo, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
                     stride_ob, stride_oh, stride_ol,
                     G: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out rows = [o_even | o_odd] (interleaved) @ R, written as bf16 to [B, H_q, L_q, D]."""
+    """Columns [c0, c0 + BC) of ([o_even | o_odd] interleaved) @ R, stored bf16 to [B, H_q, L_q, D]."""
     HALF: tl.constexpr = D // 2
     o_h = tl.arange(0, HALF)
+    o_c = c0 + tl.arange(0, BLOCK_C)
+    b_re = tl.load(rot_ptr + (2 * o_h)[:, None] * D + o_c[None, :])  # [D/2, BC] even rows of R
+    b_ro = tl.load(rot_ptr + (2 * o_h + 1)[:, None] * D + o_c[None, :])  # odd rows
+    b_o = tl.dot(b_oe, b_re) + tl.dot(b_oo, b_ro)  # [BM, BC]
     p_out = (out_ptr + i_b * stride_ob + (i_kvh * G + o_r % G)[:, None] * stride_oh
-             + (o_r // G)[:, None] * stride_ol)
-    for c0 in tl.static_range(0, D, BLOCK_C):
-        o_c = c0 + tl.arange(0, BLOCK_C)
-        b_re = tl.load(rot_ptr + (2 * o_h)[:, None] * D + o_c[None, :])  # [D/2, BC] even rows
-        b_ro = tl.load(rot_ptr + (2 * o_h + 1)[:, None] * D + o_c[None, :])  # odd rows
-        b_o = tl.dot(b_oe, b_re) + tl.dot(b_oo, b_ro)  # [BM, BC]
-        tl.store(p_out + o_c[None, :], b_o.to(tl.bfloat16), mask=m_r[:, None])
+             + (o_r // G)[:, None] * stride_ol + o_c[None, :])
+    tl.store(p_out, b_o.to(tl.bfloat16), mask=m_r[:, None])
 
 
 @triton.jit
@@ -134,12 +133,16 @@ def _tq4_attn_kernel(
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < hi
         b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-        b_ke = tl.load(lut_ptr + (b_kb >> 4))  # [BN, D/2] codebook values, even coords
+        b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+        b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
+        b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
+        # Codebook values of the high (even coordinates) and low (odd) nibbles: [BN, D/2] each.
+        # The 16-entry bf16 table is one 32-byte sector, so each gather is one L1 wavefront.
+        b_ke = tl.load(lut_ptr + (b_kb >> 4))
         b_ko = tl.load(lut_ptr + (b_kb & 15))
         if UPCAST:
             b_ke, b_ko = b_ke.to(tl.float32), b_ko.to(tl.float32)
         b_s = tl.dot(b_qe, tl.trans(b_ke)) + tl.dot(b_qo, tl.trans(b_ko))  # [BM, BN]
-        b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
         b_s = b_s * b_kn[None, :]
         keep = (o_n[None, :] <= pos_r[:, None]) & m_n[None, :]
         b_s = tl.where(keep, b_s, float("-inf"))
@@ -150,9 +153,7 @@ def _tq4_attn_kernel(
         alpha = tl.exp2(b_m - m_use)
         b_p = tl.exp2(b_s - m_use[:, None])
         b_l = b_l * alpha + tl.sum(b_p, 1)
-        b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
         b_pv = b_p * b_vn[None, :]
-        b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
         b_ve = tl.load(lut_ptr + (b_vb >> 4))
         b_vo = tl.load(lut_ptr + (b_vb & 15))
         if UPCAST:
@@ -167,8 +168,9 @@ def _tq4_attn_kernel(
     inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)
     b_ae, b_ao = b_ae * inv_l[:, None], b_ao * inv_l[:, None]
     if NSPLIT == 1:
-        _unrotate_store(b_ae, b_ao, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r,
-                        stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
+        for c0 in tl.static_range(0, D, BLOCK_C):
+            _unrotate_store(b_ae, b_ao, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
+                            stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
     else:
         lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
         row = (i_bh * NSPLIT + i_s) * M_total + o_r
@@ -179,38 +181,52 @@ def _tq4_attn_kernel(
 
 @triton.jit
 def _tq4_combine_kernel(
-    po_ptr, plse_ptr, rot_ptr, out_ptr,
-    stride_ob, stride_oh, stride_ol,
-    M_total, H_kv,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, NSPLIT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    po_ptr, plse_ptr, orot_ptr, M_total,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Merge the NSPLIT partial results of each row (log-sum-exp weights), then rotate back."""
+    """Merge the NSPLIT partial outputs of each row by log-sum-exp weights (one pass, rescaling as
+    the running max grows), one column chunk per program so the partials are read once, spread
+    over many SMs. o_rot keeps the partials' [even | odd] column order."""
+    i_m, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_r = o_r < M_total
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    b_w = tl.zeros([BLOCK_M], tl.float32)
+    b_o = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
+    for i_s in range(NSPLIT):
+        row = (i_bh * NSPLIT + i_s) * M_total + o_r
+        lse = tl.load(plse_ptr + row, mask=m_r, other=float("-inf"))
+        m_new = tl.maximum(b_m, lse)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(b_m - m_use)
+        w = tl.exp2(lse - m_use)
+        b_w = b_w * alpha + w
+        b_o = b_o * alpha[:, None] + w[:, None] * tl.load(po_ptr + row[:, None] * D + o_c[None, :],
+                                                          mask=m_r[:, None], other=0.0)
+        b_m = m_new
+    inv_w = tl.where(b_w > 0, 1.0 / tl.maximum(b_w, 1e-30), 0.0)
+    tl.store(orot_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o * inv_w[:, None],
+             mask=m_r[:, None])
+
+
+@triton.jit
+def _unrotate_kernel(
+    orot_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out = o_rot @ R for merged decode rows, one output column chunk per program."""
     HALF: tl.constexpr = D // 2
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_m, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_r = o_r < M_total
     o_h = tl.arange(0, HALF)
-    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for i_s in range(NSPLIT):
-        lse = tl.load(plse_ptr + (i_bh * NSPLIT + i_s) * M_total + o_r, mask=m_r, other=float("-inf"))
-        b_m = tl.maximum(b_m, lse)
-    m_use = tl.where(b_m == float("-inf"), 0.0, b_m)
-    b_w = tl.zeros([BLOCK_M], tl.float32)
-    b_oe = tl.zeros([BLOCK_M, HALF], tl.float32)
-    b_oo = tl.zeros([BLOCK_M, HALF], tl.float32)
-    for i_s in range(NSPLIT):
-        row = (i_bh * NSPLIT + i_s) * M_total + o_r
-        lse = tl.load(plse_ptr + row, mask=m_r, other=float("-inf"))
-        w = tl.exp2(lse - m_use)
-        b_w += w
-        b_oe += w[:, None] * tl.load(po_ptr + row[:, None] * D + o_h[None, :], mask=m_r[:, None], other=0.0)
-        b_oo += w[:, None] * tl.load(po_ptr + row[:, None] * D + HALF + o_h[None, :], mask=m_r[:, None],
-                                     other=0.0)
-    inv_w = tl.where(b_w > 0, 1.0 / tl.maximum(b_w, 1e-30), 0.0)
-    _unrotate_store(b_oe * inv_w[:, None], b_oo * inv_w[:, None], rot_ptr, out_ptr, i_b, i_kvh,
-                    o_r, m_r, stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
+    p_o = orot_ptr + (i_bh * M_total + o_r)[:, None] * D + o_h[None, :]
+    b_oe = tl.load(p_o, mask=m_r[:, None], other=0.0)
+    b_oo = tl.load(p_o + HALF, mask=m_r[:, None], other=0.0)
+    _unrotate_store(b_oe, b_oo, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, i_c * BLOCK_C,
+                    stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,16 +273,24 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
         raise ValueError(f"tq4_sdpa: all inputs must be on one device, got {sorted(map(str, devices))}")
 
 
+# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit, warps, stages.
+CONFIG_OVERRIDE: dict | None = None
+
+
 def _config(M_total, S, B, H_kv, D, device):
-    """(BLOCK_M, BLOCK_N, NSPLIT, num_warps) without guarding on a dynamic L_q."""
+    """Launch config without guarding on a dynamic L_q: decode (a few packed rows) splits the
+    sequence over about `2 x SMs` programs; prefill packs the GQA group into tall query tiles."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-    if statically_known_true(M_total <= 16):  # decode: few rows, split the sequence instead
+    if statically_known_true(M_total <= 16):
         block_n = 64
         target = 2 * _num_sms(device)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(target, B * H_kv)))
-        return 16, block_n, nsplit, 4
-    return (64 if D == 256 else 128), 64, 1, (8 if D >= 128 else 4)
+        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=2)
+    else:  # measured best on H100 (scripts/bench_attention.py --sweep)
+        cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2)
+    cfg.update(CONFIG_OVERRIDE or {})
+    return cfg
 
 
 def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len, scale=None):
@@ -274,49 +298,49 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     directly on CPU tensors under TRITON_INTERPRET=1."""
     validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len)
     B, H_q, Lq, D = q.shape
-    H_kv, S = k_packed.shape[1], k_packed.shape[2]
+    H_kv = k_packed.shape[1]
     G = H_q // H_kv
     M_total = Lq * G
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     upcast = os.environ.get("TRITON_INTERPRET") == "1"
-    block_m, block_n, nsplit, warps = _config(M_total, S, B, H_kv, D, q.device)
-    block_c = 64
+    cfg = _config(M_total, k_packed.shape[2], B, H_kv, D, q.device)
+    nsplit, block_c, small_m = cfg["nsplit"], 32, 16
+    dev = q.device
 
-    q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=q.device)
-    lut = torch.empty((16,), dtype=torch.bfloat16, device=q.device)
-    out = torch.empty((B, H_q, Lq, D), dtype=torch.bfloat16, device=q.device)
     rot = rotation.contiguous()
     k_norms, v_norms = k_norms.contiguous(), v_norms.contiguous()
     k_packed, v_packed = k_packed.contiguous(), v_packed.contiguous()
+    q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
+    lut = torch.empty((16,), dtype=torch.bfloat16, device=dev)
+    out = torch.empty((B, H_q, Lq, D), dtype=torch.bfloat16, device=dev)
+    out_strides = (out.stride(0), out.stride(1), out.stride(2))
 
-    rq_block = 32
-    wrap_triton(_rotate_q_kernel)[(triton.cdiv(M_total, rq_block), B * H_kv)](
-        q, rot, q_rot, centroids, lut,
-        q.stride(0), q.stride(1), q.stride(2),
-        Lq, M_total, H_kv, scale * LOG2E,
-        G=G, D=D, BLOCK_M=rq_block, BLOCK_C=block_c, num_warps=4,
+    wrap_triton(_rotate_q_kernel)[(triton.cdiv(M_total, 32), B * H_kv, D // block_c)](
+        q, rot, q_rot, centroids, lut, q.stride(0), q.stride(1), q.stride(2),
+        M_total, H_kv, scale * LOG2E, G=G, D=D, BLOCK_M=32, BLOCK_C=block_c, num_warps=4,
     )
     if nsplit > 1:
-        po = torch.empty((B * H_kv * nsplit * M_total, D), dtype=torch.float32, device=q.device)
-        plse = torch.empty((B * H_kv * nsplit * M_total,), dtype=torch.float32, device=q.device)
+        po = torch.empty((B * H_kv * nsplit * M_total, D), dtype=torch.float32, device=dev)
+        plse = torch.empty((B * H_kv * nsplit * M_total,), dtype=torch.float32, device=dev)
     else:
-        po = plse = out  # unused by the fused epilogue
-    grid = (triton.cdiv(M_total, block_m), nsplit, B * H_kv)
-    wrap_triton(_tq4_attn_kernel)[grid](
-        q_rot, k_packed, k_norms, v_packed, v_norms, lut, rot, kv_len,
-        out, po, plse,
+        po = plse = out  # unused: the kernel's epilogue rotates back and stores the output
+    wrap_triton(_tq4_attn_kernel)[(triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)](
+        q_rot, k_packed, k_norms, v_packed, v_norms, lut, rot, kv_len, out, po, plse,
         k_packed.stride(0), k_packed.stride(1), k_packed.stride(2), k_norms.stride(0), k_norms.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
-        Lq, M_total, H_kv,
-        G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, NSPLIT=nsplit, BLOCK_C=block_c, UPCAST=upcast,
-        num_warps=warps, num_stages=2,
+        *out_strides, Lq, M_total, H_kv,
+        G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], NSPLIT=nsplit, BLOCK_C=block_c,
+        UPCAST=upcast, num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     if nsplit > 1:
-        wrap_triton(_tq4_combine_kernel)[(triton.cdiv(M_total, 16), B * H_kv)](
-            po, plse, rot, out,
-            out.stride(0), out.stride(1), out.stride(2),
-            M_total, H_kv,
-            G=G, D=D, BLOCK_M=16, NSPLIT=nsplit, BLOCK_C=block_c, num_warps=4,
+        o_rot = torch.empty((B * H_kv * M_total, D), dtype=torch.float32, device=dev)
+        grid = (triton.cdiv(M_total, small_m), B * H_kv, D // block_c)
+        wrap_triton(_tq4_combine_kernel)[grid](
+            po, plse, o_rot, M_total, D=D, BLOCK_M=small_m, NSPLIT=nsplit, BLOCK_C=block_c,
+            num_warps=2,
+        )
+        wrap_triton(_unrotate_kernel)[grid](
+            o_rot, rot, out, *out_strides, M_total, H_kv, G=G, D=D, BLOCK_M=small_m, BLOCK_C=block_c,
+            num_warps=4,
         )
     return out
 

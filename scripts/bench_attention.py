@@ -81,13 +81,52 @@ def run_case(name, kind, ctx):
     }
 
 
+def sweep():
+    """Time launch configs per case and print the fastest (tuning aid; the op's defaults come from it)."""
+    import itertools
+
+    import triton as _triton
+    from tq_kernels import tq4_sdpa as mod
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for name in SHAPES:
+        h_q, h_kv, d = SHAPES[name]
+        for kind, ctx in CASES:
+            lq = 1 if kind == "decode" else ctx
+            _, _, _, args = make_inputs(h_q, h_kv, d, lq, ctx)
+            if kind == "decode":
+                space = [dict(block_m=16, block_n=bn, warps=w, stages=2,
+                              nsplit=min(_triton.cdiv(ctx, bn), _triton.cdiv(mult * sms, h_kv)))
+                         for mult, bn, w in itertools.product((2, 4, 8), (64, 128), (4, 8))]
+            else:
+                space = [dict(block_m=bm, block_n=bn, warps=8, stages=st, nsplit=1)
+                         for bm, bn, st in itertools.product((64, 128), (32, 64), (2, 3))]
+            results = []
+            for cfg in space:
+                mod.CONFIG_OVERRIDE = cfg
+                try:
+                    ms = triton.testing.do_bench_cudagraph(lambda: mod.tq4_sdpa_triton(*args), rep=40,
+                                                           return_mode="median")
+                except Exception as e:  # out of resources etc.
+                    ms = float("inf")
+                    print(f"  {cfg}: {type(e).__name__}")
+                results.append((ms, cfg))
+            mod.CONFIG_OVERRIDE = None
+            results.sort(key=lambda r: r[0])
+            print(f"{name} {kind} {ctx}: best {results[0][0]:.4f} ms {results[0][1]}; "
+                  f"2nd {results[1][0]:.4f} {results[1][1]}; worst {results[-1][0]:.4f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/attention.md", help="markdown results file to append to")
     ap.add_argument("--json", help="also write the raw rows here")
+    ap.add_argument("--sweep", action="store_true", help="time launch configs per case instead")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: bench_attention.py needs a CUDA GPU")
+    if args.sweep:
+        return sweep()
     gpu = torch.cuda.get_device_name()
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
