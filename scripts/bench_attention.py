@@ -122,17 +122,20 @@ def main():
     ap.add_argument("--out", default="results/attention.md", help="markdown results file to append to")
     ap.add_argument("--json", help="also write the raw rows here")
     ap.add_argument("--sweep", action="store_true", help="time launch configs per case instead")
+    ap.add_argument("--commit", help="commit to record (default: git rev-parse in this tree)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: bench_attention.py needs a CUDA GPU")
     if args.sweep:
         return sweep()
     gpu = torch.cuda.get_device_name()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except Exception:
-        commit = "unknown"
+    commit = args.commit
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+        except Exception:  # a copy of the tree without .git (e.g. on a GPU host)
+            commit = "unknown"
     rows = [run_case(name, kind, ctx) for name in SHAPES for kind, ctx in CASES]
     header = (f"\n### {gpu}, commit {commit}, {datetime.date.today()}, torch {torch.__version__}, "
               f"triton {triton.__version__}\n\n"
