@@ -123,7 +123,7 @@ def plot(dist, attn, path: Path) -> None:
         vals = [next(r["cosine"] for r in attn if r["keys"] == kind and r["setting"] == s) for s in labels]
         b.bar([x + 0.38 * i for x in range(len(labels))], vals, width=0.38, label=kind)
     b.set_xticks([x + 0.19 for x in range(len(labels))], labels)
-    b.set_ylim(0.95, 1.0)
+    b.set_ylim(max(0.0, min(r["cosine"] for r in attn) - 0.05), 1.0)
     b.set_ylabel("attention output cosine vs fp32")
     b.set_title("Attention fidelity (D=256, GQA 8)")
     b.legend(fontsize=8)
