@@ -1,6 +1,6 @@
 """Custom ops for the hybrid (linear-attention + MoE) layers of Qwen 3.5 MoE, with pure-torch references.
 
-Three ops in the `tq` namespace, each an opaque `torch.library.custom_op` with a fake (meta) kernel, so
+Three ops in the `tq` namespace, each a `torch.library.triton_op` with a fake (meta) kernel, so
 `torch.export` records ONE node per call whatever the sequence length: the loops inside (over time steps,
 over experts) never unroll into the graph, and the shapes stay symbolic in T.
 
@@ -23,6 +23,11 @@ these). This file imports nothing from tq_export.
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.library import triton_op
+
+from .causal_conv1d import causal_conv1d_triton
+from .gated_delta import gated_delta_rule_triton
+from .moe import moe_experts_triton
 
 # --------------------------------------------------------------------------------------------
 # References
@@ -108,9 +113,18 @@ def moe_experts_ref(x: Tensor, topk_ids: Tensor, topk_weights: Tensor, gate_up: 
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("tq::gated_delta_rule", mutates_args=())
+# Triton on CUDA (traced into the AOTInductor program); the references above on CPU. The fakes
+# launch nothing, so tracing works under TRITON_INTERPRET=1 too.
+
+
+@triton_op("tq::gated_delta_rule", mutates_args=())
 def gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor,
                      scale: float | None = None) -> tuple[Tensor, Tensor]:
+    return gated_delta_rule_triton(q, k, v, g, beta, state, scale)
+
+
+@gated_delta_rule.register_kernel("cpu")
+def _(q, k, v, g, beta, state, scale=None):
     return gated_delta_rule_ref(q, k, v, g, beta, state, scale)
 
 
@@ -119,8 +133,13 @@ def _(q, k, v, g, beta, state, scale=None):
     return v.new_empty(v.shape, dtype=q.dtype), state.new_empty(state.shape)
 
 
-@torch.library.custom_op("tq::causal_conv1d", mutates_args=())
+@triton_op("tq::causal_conv1d", mutates_args=())
 def causal_conv1d(x: Tensor, weight: Tensor, state: Tensor, apply_silu: bool = True) -> tuple[Tensor, Tensor]:
+    return causal_conv1d_triton(x, weight, state, apply_silu)
+
+
+@causal_conv1d.register_kernel("cpu")
+def _(x, weight, state, apply_silu=True):
     return causal_conv1d_ref(x, weight, state, apply_silu)
 
 
@@ -129,8 +148,13 @@ def _(x, weight, state, apply_silu=True):
     return x.new_empty(x.shape), state.new_empty(state.shape)
 
 
-@torch.library.custom_op("tq::moe_experts", mutates_args=())
+@triton_op("tq::moe_experts", mutates_args=())
 def moe_experts(x: Tensor, topk_ids: Tensor, topk_weights: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
+    return moe_experts_triton(x, topk_ids, topk_weights, gate_up, down)
+
+
+@moe_experts.register_kernel("cpu")
+def _(x, topk_ids, topk_weights, gate_up, down):
     return moe_experts_ref(x, topk_ids, topk_weights, gate_up, down)
 
 
