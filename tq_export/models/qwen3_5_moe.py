@@ -257,7 +257,7 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 class CachedAttention(nn.Module):
     """Cache write + attention over the whole static cache. The unit `apply_turboquant` swaps out.
 
-    forward(q [B, H_q, T, D], k, v [B, H_kv, T, D], input_pos [T], mask [T, S] bool) -> [B, H_q, T, D].
+    forward(q [B, H_q, T, D], k, v [B, H_kv, T, D], input_pos [T], mask [B, 1, T, S] bool) -> [B, H_q, T, D].
     Attending over all S slots with a mask built from input_pos (rather than slicing the filled prefix)
     keeps every shape static in S and nothing data-dependent in the graph.
     """
@@ -484,7 +484,8 @@ class Qwen35Moe(nn.Module):
         # Row t may see cache slot s iff s <= input_pos[t]: causal within the chunk, and the unwritten
         # tail of the static cache stays hidden.
         slots = torch.arange(self.max_seq_len, device=input_pos.device)
-        mask = slots[None, :] <= input_pos[:, None]  # [T, S]
+        # [B, 1, T, S]: ExecuTorch's CUDA SDPA kernel takes one mask per batch row, broadcast over heads.
+        mask = (slots[None, :] <= input_pos[:, None]).expand(tokens.shape[0], 1, -1, -1)
         for layer in self.layers:
             x = layer(x, input_pos, cos, sin, mask)
         return self.lm_head(self.norm(x))
