@@ -1,7 +1,7 @@
 """GPU-host check of the export pipeline: `tq-export --tiny` lowers, and the exported graphs generate what eager does.
 
     python scripts/gpu_export_check.py --out results/gpu_export_check.json [--variants bf16,tq] [--steps 32]
-                                       [--skip-cli] [--skip-compare] [--no-aoti] [--no-autotune] [--keep DIR]
+                                       [--skip-cli] [--skip-compare] [--no-aoti] [--keep DIR]
 
 Made for the GPU host (torch 2.11 + executorch 1.2.0; `source WHEELHOUSE/install.sh` first). Works from
 the source tree without installing it (it puts the repo and `tq_kernels` on the path like
@@ -88,12 +88,10 @@ def short_error(e: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def run_cli(variant: str, out: Path, timeout: int, autotune: bool) -> dict:
+def run_cli(variant: str, out: Path, timeout: int) -> dict:
     cmd = [sys.executable, "-m", "tq_export", "--model", "qwen3.5-moe", "--tiny", "-o", str(out)]
     if VARIANTS[variant]:
         cmd.append("--turboquant")
-    if not autotune:
-        cmd.append("--no-autotune")
     env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     log(f"[cli {variant}] {' '.join(cmd[1:])}")
     start = time.perf_counter()
@@ -370,7 +368,6 @@ def main() -> int:
     p.add_argument("--skip-cli", action="store_true", help="skip the tq-export runs")
     p.add_argument("--skip-compare", action="store_true", help="skip the eager/ep/AOTI comparison")
     p.add_argument("--no-aoti", action="store_true", help="compare ep.module() only (no AOTInductor compile)")
-    p.add_argument("--no-autotune", action="store_true", help="pass --no-autotune to tq-export")
     p.add_argument("--timeout", type=int, default=900, help="seconds per tq-export run (default 900)")
     p.add_argument("--keep", type=Path, help="keep artifacts here instead of a temporary directory")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
@@ -412,7 +409,7 @@ def main() -> int:
     for variant in variants:
         entry = results["variants"].setdefault(variant, {})
         if not args.skip_cli:
-            entry["cli"] = run_cli(variant, workdir / f"out-{variant}", args.timeout, not args.no_autotune)
+            entry["cli"] = run_cli(variant, workdir / f"out-{variant}", args.timeout)
         if not args.skip_compare:
             try:
                 entry["compare"] = compare(variant, ckpt, workdir, args.steps, not args.no_aoti)

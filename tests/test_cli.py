@@ -233,8 +233,8 @@ def test_success_path_publishes_artifacts_and_report(checkpoints, tmp_path, monk
 
     calls = {}
 
-    def fake_lower(programs, constants, autotune=True):
-        calls.update(programs=programs, constants=constants, autotune=autotune)
+    def fake_lower(programs, constants):
+        calls.update(programs=programs, constants=constants)
         return FakeProgram()
 
     monkeypatch.setattr(ex, "require_cuda", lambda: None)
@@ -246,14 +246,14 @@ def test_success_path_publishes_artifacts_and_report(checkpoints, tmp_path, monk
     (out / "keep.txt").write_text("mine")
     (out / "model.pte").write_bytes(b"old program")
     code = cli.main(["--model", "qwen3.5-moe", "--checkpoint", str(checkpoints["good"]), "--turboquant",
-                     "--max-seq-len", "64", "--max-prefill", "8", "--no-autotune", "-o", str(out)])
+                     "--max-seq-len", "64", "--max-prefill", "8", "-o", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # staging directory renamed away
     assert sorted(p.name for p in out.iterdir()) == ["aoti_cuda_blob.ptd", "export_report.json", "keep.txt",
                                                      "model.pte", "tokenizer.json", "tokenizer_config.json"]
     assert (out / "model.pte").read_bytes() == b"new program" and (out / "keep.txt").read_text() == "mine"
-    assert set(calls["programs"]) == {"prefill", "decode"} and calls["autotune"] is False
+    assert set(calls["programs"]) == {"prefill", "decode"}
     assert calls["constants"]["get_eos_ids"] == [258] and calls["constants"]["get_max_prefill"] == 8
     report = json.loads((out / "export_report.json").read_text())
     assert report["constant_methods"] == calls["constants"]

@@ -178,11 +178,21 @@ def test_export_rejects_bad_max_prefill(tiny_ckpt):
             ex.export_methods(model, bad)
 
 
-def test_ops_without_gpu_kernel_names_non_triton_custom_ops(exported):
+def test_every_op_has_a_gpu_kernel(exported):
+    # tq:: ops are triton_ops (the CUDA backend compiles their kernels); the model avoids ATen ops
+    # that AOTInductor could only run through libtorch (topk, split).
     _, programs = exported
-    missing = ex.ops_without_gpu_kernel(programs)
-    assert "tq::tq4_sdpa" not in missing  # a triton_op: the CUDA backend compiles its kernels
-    assert all(name.startswith("tq::") for name in missing)
+    assert ex.ops_without_gpu_kernel(programs) == []
+
+
+def test_ops_without_gpu_kernel_names_fallback_ops():
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            a, b = x.split(2, dim=-1)
+            return torch.topk(a + b, 1).values
+
+    ep = torch.export.export(Bad(), (torch.randn(3, 4),))
+    assert ex.ops_without_gpu_kernel({"m": ep}) == ["aten::split", "aten::topk"]
 
 
 # --------------------------------------------------------------------------------------------

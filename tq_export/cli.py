@@ -90,8 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", type=Path, default=Path("out"), metavar="DIR",
                    help="where model.pte, aoti_cuda_blob.ptd, tokenizer files and export_report.json go "
                         "(default ./out)")
-    p.add_argument("--no-autotune", action="store_true",
-                   help="skip AOTInductor's GEMM autotuning: faster compile, slower kernels (smoke tests)")
     p.add_argument("--dry-run", action="store_true",
                    help="stop before lowering: validate, build, rewrite and torch.export both methods on the "
                         "CPU, print the summary, write nothing")
@@ -312,7 +310,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             raise ex.ExportError(f"cannot lower: {', '.join(blockers)} have no kernel the CUDA backend can "
                                  "compile (needs a torch.library.triton_op or ATen ops)")
         with console.stage("lower", "Lowering + AOTInductor compile (CUDA)"):
-            program = ex.lower(programs, constants, autotune=not args.no_autotune)
+            program = ex.lower(programs, constants)
         with console.stage("serialize", "Serializing model.pte + .ptd"):
             ex.write_program(program, staging)
             for name in ex.TOKENIZER_FILES:

@@ -229,8 +229,15 @@ def shared_buffers(programs: dict[str, torch.export.ExportedProgram]) -> list[st
     return sorted(first)
 
 
+# ATen ops that AOTInductor runs only through a libtorch fallback kernel (seen on the GPU host
+# with torch 2.11 / executorch 1.2: topk, and split as edge's split_copy); sort is one too.
+ATEN_FALLBACK_OPS = frozenset({"aten::topk", "aten::sort", "aten::split", "aten::split_with_sizes",
+                               "aten::split_copy", "aten::split_with_sizes_copy"})
+
+
 def ops_without_gpu_kernel(programs: dict[str, torch.export.ExportedProgram]) -> list[str]:
-    """Custom ops the CUDA backend cannot compile: neither ATen nor a `torch.library.triton_op`.
+    """Ops the CUDA backend cannot compile: custom ops that are not a `torch.library.triton_op`, and
+    the ATen ops in ATEN_FALLBACK_OPS.
 
     AOTInductor turns such an op into a fallback call through libtorch's proxy executor, which a
     libtorch-free CUDA delegate does not have; ExecuTorch then fails late ("missing fallback
@@ -245,9 +252,11 @@ def ops_without_gpu_kernel(programs: dict[str, torch.export.ExportedProgram]) ->
             target = node.target
             if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
                 continue
-            if target.namespace in ("aten", "prims"):
-                continue
             name = target.name().split(".")[0]
+            if target.namespace in ("aten", "prims"):
+                if name in ATEN_FALLBACK_OPS:
+                    missing.add(name)
+                continue
             if triton_ops is not None and name in triton_ops:
                 continue
             missing.add(name)
@@ -464,13 +473,13 @@ def edge_compile_config():
 
 
 @contextmanager
-def _compile_settings(autotune: bool):
+def _compile_settings():
     """Inductor settings for the AOTI compile, restored afterwards.
 
     Coordinate-descent tuning re-benchmarks every kernel for little gain on these shapes; the wrapper
     .cpp only launches kernels, so -O0 compiles it much faster at no runtime cost (both as in
-    executorch's own Qwen 3.5 MoE export). `autotune=False` also turns off CudaBackend's
-    max_autotune (GEMM template benchmarking): a fast compile for smoke tests, slower kernels.
+    executorch's own Qwen 3.5 MoE export). CudaBackend's max_autotune stays on: without it GEMMs
+    become cuBLAS extern calls, which a torch-free runtime cannot run (checked on the GPU host).
     """
     import torch._inductor.config as inductor_config
 
@@ -483,26 +492,14 @@ def _compile_settings(autotune: bool):
 
     put(inductor_config, "coordinate_descent_tuning", False)
     put(inductor_config.aot_inductor, "compile_wrapper_opt_level", "O0")
-    patched = None
-    if not autotune:
-        _, CudaBackend = cuda_backend()
-        patched = CudaBackend.__dict__["get_aoti_compile_options"]
-        original = CudaBackend.get_aoti_compile_options
-
-        def options(cls, compile_specs):
-            return {**original(compile_specs), "max_autotune": False}
-
-        CudaBackend.get_aoti_compile_options = classmethod(options)
     try:
         yield
     finally:
         for (obj, attr), value in saved.items():
             setattr(obj, attr, value)
-        if patched is not None:
-            CudaBackend.get_aoti_compile_options = patched
 
 
-def lower(programs: dict[str, torch.export.ExportedProgram], constants: dict, *, autotune: bool = True):
+def lower(programs: dict[str, torch.export.ExportedProgram], constants: dict):
     """to_edge_transform_and_lower with one CudaPartitioner per method, then to_executorch.
 
     Returns the ExecutorchProgramManager. Needs CUDA (AOTInductor compiles and autotunes on the GPU).
@@ -510,7 +507,7 @@ def lower(programs: dict[str, torch.export.ExportedProgram], constants: dict, *,
     require_cuda()
     from executorch.exir import to_edge_transform_and_lower
 
-    with _compile_settings(autotune):
+    with _compile_settings():
         edge = to_edge_transform_and_lower(
             dict(programs),
             partitioner={m: [host_io_partitioner(m)] for m in programs},

@@ -229,9 +229,13 @@ class RotaryEmbedding(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+# Slices, not split/chunk: ExecuTorch's edge dialect turns those into split_copy, which AOTInductor
+# can only run through a libtorch fallback kernel that a torch-free runtime does not have.
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -292,7 +296,8 @@ class FullAttention(nn.Module):
 
     def forward(self, x, input_pos, cos, sin, mask):
         b, t, _ = x.shape
-        q, gate = self.q_proj(x).view(b, t, self.n_heads, 2 * self.head_dim).chunk(2, dim=-1)
+        qg = self.q_proj(x).view(b, t, self.n_heads, 2 * self.head_dim)
+        q, gate = qg[..., : self.head_dim], qg[..., self.head_dim :]
         gate = gate.reshape(b, t, self.n_heads * self.head_dim)
         q = self.q_norm(q).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)).transpose(1, 2)
@@ -343,7 +348,8 @@ class GatedDeltaNet(nn.Module):
         qkv, conv_state = torch.ops.tq.causal_conv1d(self.in_proj_qkv(x), self.conv1d.weight.squeeze(1),
                                                      self.conv_state, True)
         self.conv_state.copy_(conv_state)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        kd = self.key_dim
+        q, k, v = qkv[..., :kd], qkv[..., kd : 2 * kd], qkv[..., 2 * kd :]
         q = q.reshape(b, t, self.n_k_heads, self.k_dim)
         k = k.reshape(b, t, self.n_k_heads, self.k_dim)
         v = v.reshape(b, t, self.n_v_heads, self.v_dim)
@@ -377,6 +383,22 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def top_k_by_argmax(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk(probs, k) over the last dim as k argmax passes (k is small: the experts per token).
+
+    AOTInductor runs topk only through a libtorch fallback kernel; max/argmax and where lower to
+    plain Triton reductions, so the router exports to a torch-free program.
+    """
+    ids = torch.arange(probs.shape[-1], device=probs.device)
+    weights, picks = [], []
+    for _ in range(k):
+        w, i = probs.max(dim=-1, keepdim=True)
+        weights.append(w)
+        picks.append(i)
+        probs = torch.where(ids == i, float("-inf"), probs)
+    return torch.cat(weights, dim=-1), torch.cat(picks, dim=-1)
+
+
 class Router(nn.Module):
     def __init__(self, cfg: Qwen35MoeConfig):
         super().__init__()
@@ -387,7 +409,7 @@ class Router(nn.Module):
         """x [N, H] -> (weights [N, k] in x's dtype, expert ids [N, k] int64)."""
         logits = F.linear(x, self.weight)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        top_w, top_ids = torch.topk(probs, self.top_k, dim=-1)
+        top_w, top_ids = top_k_by_argmax(probs, self.top_k)
         if self.renormalize:
             top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         return top_w.to(logits.dtype), top_ids
