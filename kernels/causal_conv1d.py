@@ -24,19 +24,11 @@ import triton.language as tl
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.library import wrap_triton
 
+from ._common import store_rounded
+
 # --------------------------------------------------------------------------------------------
 # Helpers and kernel
 # --------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _store(p, x, mask, UPCAST: tl.constexpr):
-    """Store fp32 x in p's dtype. Interpreted, round to bf16 by hand first (Veltkamp split: keeps the top
-    8 significant bits, to nearest): the interpreter's fp32 -> bf16 cast truncates, the GPU rounds."""
-    if UPCAST and p.dtype.element_ty == tl.bfloat16:
-        t = x * 65537.0
-        x = t - (t - x)
-    tl.store(p, x.to(p.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -78,7 +70,7 @@ def _causal_conv1d_kernel(
         b_acc = b_acc * tl.sigmoid(b_acc)
     m_t = o_t < T
     p_o = out_ptr + i_b * stride_ob + o_t[:, None] * stride_ot + o_c[None, :]
-    _store(p_o, b_acc, m_t[:, None] & m_c[None, :], UPCAST)
+    store_rounded(p_o, b_acc, m_t[:, None] & m_c[None, :], UPCAST)
 
     if i_t == 0:
         # new_state[r] = xs[T + r] = x[T - (K-1) + r]; for T < K-1 the first rows are old state.
@@ -86,7 +78,7 @@ def _causal_conv1d_kernel(
         m_r = o_r < KM1
         b_ns = _load_xs(p_x, p_s, T - KM1 + o_r, o_c, m_c, T, stride_xt, stride_st, KM1)  # [KM1_P2, BC]
         p_ns = ns_ptr + i_b * stride_nb + o_r[:, None] * stride_nt + o_c[None, :]
-        _store(p_ns, b_ns, m_r[:, None] & m_c[None, :], UPCAST)  # exact unless state is narrower than x
+        store_rounded(p_ns, b_ns, m_r[:, None] & m_c[None, :], UPCAST)  # exact unless state is narrower than x
 
 
 # --------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, state: Tensor, apply_silu: bool
     out = (windows * weight.float()).sum(-1)
     if apply_silu:
         out = F.silu(out)
-    new_state = xs[:, xs.shape[1] - (kernel - 1):].to(state.dtype).clone()
+    new_state = xs[:, xs.shape[1] - (kernel - 1):].to(state.dtype).clone(memory_format=torch.contiguous_format)
     return out.to(x.dtype), new_state
 
 

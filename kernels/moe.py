@@ -40,19 +40,11 @@ import triton.language as tl
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.library import wrap_triton
 
+from ._common import store_rounded
+
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _store(p, x, mask, UPCAST: tl.constexpr):
-    """Store fp32 x in p's dtype. Interpreted, round to bf16 by hand first (Veltkamp split: keeps the top
-    8 significant bits, to nearest): the interpreter's fp32 -> bf16 cast truncates, the GPU rounds."""
-    if UPCAST and p.dtype.element_ty == tl.bfloat16:
-        t = x * 65537.0
-        x = t - (t - x)
-    tl.store(p, x.to(p.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -159,7 +151,7 @@ def _moe_gate_up_kernel(
         b_u = tl.dot(b_x, tl.trans(b_wu), b_u)
     b_h = b_g * tl.sigmoid(b_g) * b_u
     p_h = h_ptr + o_m[:, None].to(tl.int64) * stride_hm + o_n[None, :]
-    _store(p_h, b_h, m_m[:, None] & m_n[None, :], UPCAST)
+    store_rounded(p_h, b_h, m_m[:, None] & m_n[None, :], UPCAST)
 
 
 @triton.jit
@@ -193,7 +185,7 @@ def _moe_down_kernel(
     b_tw = tl.load(tw_ptr + b_slot, mask=m_m, other=0.0).to(tl.float32)
     b_y = b_y * b_tw[:, None]
     p_y = y_ptr + b_slot[:, None].to(tl.int64) * stride_ym + o_n[None, :]
-    _store(p_y, b_y, m_m[:, None] & m_n[None, :], UPCAST)
+    store_rounded(p_y, b_y, m_m[:, None] & m_n[None, :], UPCAST)
 
 
 @triton.jit
@@ -208,7 +200,7 @@ def _moe_sum_kernel(y_ptr, out_ptr, N, H, stride_ym, stride_on,
     for j in tl.static_range(TOP_K):
         b_o += tl.load(p_y + j * stride_ym, mask=m, other=0.0).to(tl.float32)
     p_o = out_ptr + o_t.to(tl.int64)[:, None] * stride_on + o_h[None, :]
-    _store(p_o, b_o, m, UPCAST)
+    store_rounded(p_o, b_o, m, UPCAST)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,20 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from tq_export import models
 from tq_export.checkpoint import CheckpointError, load_weights, read_config
-from tq_export.tiny import make_tiny_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    made = {}
-
-    def make(**kw):
-        key = repr(sorted(kw.items()))
-        if key not in made:
-            made[key] = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), **kw)
-        return made[key]
-
-    return make
 
 
 @pytest.fixture

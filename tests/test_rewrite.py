@@ -9,23 +9,11 @@ import torch.nn.functional as F
 from tq_export import models
 from tq_export.models.qwen3_5_moe import FULL, LINEAR, CachedAttention
 from tq_export.rewrite import TurboQuantAttention, apply_turboquant
-from tq_export.tiny import make_tiny_checkpoint
 
 GQA8 = dict(layer_types=[LINEAR, FULL, LINEAR, LINEAR, FULL], num_attention_heads=8, num_key_value_heads=1,
             head_dim=128, num_experts_per_tok=8, linear_num_value_heads=8)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    made = {}
-
-    def make(**kw):
-        key = repr(sorted(kw.items()))
-        if key not in made:
-            made[key] = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), **kw)
-        return made[key]
-
-    return make
 
 
 def load(path, max_seq_len=128, **kw):
