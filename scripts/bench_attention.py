@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import subprocess
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +21,7 @@ import triton.testing
 import tq_kernels  # noqa: F401  (registers torch.ops.tq.tq4_sdpa)
 from tq_kernels.tq4_sdpa import tq4_sdpa_reference
 from tq_export.turboquant import TurboQuantizer
+from _results import commit_id, publish  # scripts/_results.py (scripts/ is on sys.path)
 
 SHAPES = {"qwen3.5-moe": (16, 2, 256), "llama": (32, 8, 128)}  # (H_q, H_kv, D)
 CASES = [("decode", 4096), ("decode", 32768), ("decode", 131072), ("prefill", 4096)]
@@ -129,13 +127,7 @@ def main():
     if args.sweep:
         return sweep()
     gpu = torch.cuda.get_device_name()
-    commit = args.commit
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-        except Exception:  # a copy of the tree without .git (e.g. on a GPU host)
-            commit = "unknown"
+    commit = commit_id(args.commit)
     rows = [run_case(name, kind, ctx) for name in SHAPES for kind, ctx in CASES]
     header = (f"\n### {gpu}, commit {commit}, {datetime.date.today()}, torch {torch.__version__}, "
               f"triton {triton.__version__}\n\n"
@@ -148,12 +140,7 @@ def main():
         for r in rows
     ]
     table = header + "\n".join(lines) + "\n"
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": gpu, "commit": commit, "rows": rows}, indent=1))
+    publish(table, args.out, args.json, {"gpu": gpu, "commit": commit, "rows": rows})
 
 
 if __name__ == "__main__":

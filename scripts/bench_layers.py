@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import subprocess
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +30,7 @@ from tq_kernels.causal_conv1d import causal_conv1d_triton
 from tq_kernels.gated_delta import gated_delta_rule_triton
 from tq_kernels.hybrid_ops import causal_conv1d_ref, gated_delta_rule_ref, moe_experts_ref
 from tq_kernels.moe import moe_experts_triton
+from _results import commit_id, publish  # scripts/_results.py (scripts/ is on sys.path)
 
 HIDDEN, H_K, H_V, HEAD_DIM, CONV_K = 2048, 16, 32, 128, 4
 CONV_DIM = 2 * H_K * HEAD_DIM + H_V * HEAD_DIM
@@ -142,13 +140,7 @@ def main():
     if args.prefill < 1:
         raise SystemExit(f"error: --prefill must be >= 1, got {args.prefill}")
     gpu = torch.cuda.get_device_name()
-    commit = args.commit
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = commit_id(args.commit)
     gen = torch.Generator(device="cuda").manual_seed(0)
     check = not args.no_check
     rows = []
@@ -173,12 +165,7 @@ def main():
                      f"{fmt(r.get('tflops'), '.1f')} | {base} | "
                      + (f"{r['ratio']:.2f}x" if "ratio" in r else "n/a") + f" | {errs[0]} | {errs[1]} |")
     table = header + "\n".join(lines) + "\n"
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": gpu, "commit": commit, "rows": rows}, indent=1))
+    publish(table, args.out, args.json, {"gpu": gpu, "commit": commit, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from transformers.utils import logging as hf_logging
 from tq_export import models
 from tq_export.models.qwen3_5_moe import FULL, LINEAR, Qwen35Moe, Qwen35MoeConfig
 
+from helpers import greedy
+
 hf_logging.set_verbosity_error()
 REL_TOL = 1e-4
 
@@ -66,24 +68,13 @@ def test_matches_transformers_prefill_decode_greedy(tiny, name, overrides):
         # 16 decode steps, fed transformers' own tokens, against its cached-generation logits.
         decode = max(rel_err(ours(seq[:, p:p + 1], torch.tensor([p]))[:, -1], gen.logits[i + 1])
                      for i, p in enumerate(range(n, n + 16)))
-        ours.reset()
-        greedy = greedy_tokens(ours, ids, 32)
+        tokens = greedy(ours, ids, 32)
     print(f"\n[{name}] prefill rel err {prefill:.2e}, decode rel err (16 steps) {decode:.2e}, "
-          f"greedy 32 identical: {greedy == seq[0, n:].tolist()}")
+          f"greedy 32 identical: {tokens == seq[0, n:].tolist()}")
     assert prefill <= REL_TOL
     assert decode <= REL_TOL
-    assert greedy == seq[0, n:].tolist()
+    assert tokens == seq[0, n:].tolist()
 
-
-def greedy_tokens(model, ids, steps):
-    n = ids.shape[1]
-    logits = model(ids, torch.arange(n))[:, -1]
-    out = []
-    for i in range(steps):
-        nxt = logits.argmax(-1)
-        out.append(int(nxt))
-        logits = model(nxt[:, None], torch.tensor([n + i]))[:, -1]
-    return out
 
 
 def test_multimodal_sharded_checkpoint_matches_transformers(tiny):

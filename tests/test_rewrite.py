@@ -10,6 +10,8 @@ from tq_export import models
 from tq_export.models.qwen3_5_moe import FULL, LINEAR, CachedAttention
 from tq_export.rewrite import TurboQuantAttention, apply_turboquant
 
+from helpers import greedy
+
 GQA8 = dict(layer_types=[LINEAR, FULL, LINEAR, LINEAR, FULL], num_attention_heads=8, num_key_value_heads=1,
             head_dim=128, num_experts_per_tok=8, linear_num_value_heads=8)
 
@@ -101,18 +103,6 @@ def compare(base, tq, prompt_len=48, steps=16, seed=1):
     layer_cos = {i: min(cos(a, b) for a, b in zip(rec_b[i], rec_t[i])) for i in rec_b}
     return layer_cos, min(logit_cos)
 
-
-def greedy(model, ids, steps):
-    model.reset()
-    n = ids.shape[1]
-    with torch.no_grad():
-        logits = model(ids, torch.arange(n))[:, -1]
-        out = []
-        for i in range(steps):
-            nxt = logits.argmax(-1)
-            out.append(int(nxt))
-            logits = model(nxt[:, None], torch.tensor([n + i]))[:, -1]
-    return out
 
 
 def teacher_forced_agreement(base, tq, seq, prompt_len):

@@ -1,0 +1,17 @@
+"""Plain helpers shared by several test files (imported as `helpers`: pytest puts tests/ on sys.path)."""
+
+import torch
+
+
+@torch.no_grad()
+def greedy(model, ids, steps):
+    """Reset the model, prefill `ids` [1, n], then decode `steps` argmax tokens one at a time."""
+    model.reset()
+    n = ids.shape[1]
+    logits = model(ids, torch.arange(n))[:, -1]
+    out = []
+    for i in range(steps):
+        nxt = logits.argmax(-1)
+        out.append(int(nxt))
+        logits = model(nxt[:, None], torch.tensor([n + i]))[:, -1]
+    return out
