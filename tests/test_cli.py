@@ -233,8 +233,8 @@ def test_success_path_publishes_artifacts_and_report(checkpoints, tmp_path, monk
 
     calls = {}
 
-    def fake_lower(programs, constants):
-        calls.update(programs=programs, constants=constants)
+    def fake_lower(programs, constants, gemm_configs=None):
+        calls.update(programs=programs, constants=constants, gemm_configs=gemm_configs)
         return FakeProgram()
 
     monkeypatch.setattr(ex, "require_cuda", lambda: None)
@@ -254,6 +254,7 @@ def test_success_path_publishes_artifacts_and_report(checkpoints, tmp_path, monk
                                                      "model.pte", "tokenizer.json", "tokenizer_config.json"]
     assert (out / "model.pte").read_bytes() == b"new program" and (out / "keep.txt").read_text() == "mine"
     assert set(calls["programs"]) == {"prefill", "decode"}
+    assert calls["gemm_configs"] == ex.DEFAULT_GEMM_CONFIGS
     assert calls["constants"]["get_eos_ids"] == [258] and calls["constants"]["get_max_prefill"] == 8
     report = json.loads((out / "export_report.json").read_text())
     assert report["constant_methods"] == calls["constants"]

@@ -52,19 +52,27 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INPUT)
 
 
-def _positive(text: str) -> int:
+def _integer(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _integer(text, 1, "positive")
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0, "non-negative")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import models
-    from .export import DTYPES
+    from .export import DEFAULT_GEMM_CONFIGS, DTYPES
 
     p = _Parser(prog="tq-export",
                 description="Export a Hugging Face LLM with an optional TurboQuant 4-bit KV cache through "
@@ -87,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prefill", type=_positive, default=None, metavar="N",
                    help=f"most tokens per prefill call (default min({DEFAULT_MAX_PREFILL}, max-seq-len))")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weights and activations (default bf16)")
+    p.add_argument("--gemm-configs", type=_non_negative, default=DEFAULT_GEMM_CONFIGS, metavar="N",
+                   help="Triton GEMM tile configs autotuned per matmul during lowering; more can find faster "
+                        f"tiles for large models and take longer (default {DEFAULT_GEMM_CONFIGS}; 0: Inductor's "
+                        "full list)")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("out"), metavar="DIR",
                    help="where model.pte, aoti_cuda_blob.ptd, tokenizer files and export_report.json go "
                         "(default ./out)")
@@ -291,6 +303,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             "checkpoint": "tiny" if args.tiny else str(ckpt), "dtype": args.dtype, "turboquant": args.turboquant,
             "k_bits": k_bits, "v_bits": v_bits, "rewritten_layers": replaced,
             "max_seq_len": args.max_seq_len, "max_prefill": args.max_prefill, "dry_run": args.dry_run,
+            "gemm_configs": args.gemm_configs,
             "methods": dict(ex.SIGNATURES), "constant_methods": constants, "shared_buffers": shared,
             "kv_cache": memory, "lowering_blockers": blockers, "versions": versions(),
             "command": ["tq-export", *args.argv],
@@ -310,7 +323,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             raise ex.ExportError(f"cannot lower: {', '.join(blockers)} have no kernel the CUDA backend can "
                                  "compile (needs a torch.library.triton_op or ATen ops)")
         with console.stage("lower", "Lowering + AOTInductor compile (CUDA)"):
-            program = ex.lower(programs, constants)
+            program = ex.lower(programs, constants, gemm_configs=args.gemm_configs or None)
         with console.stage("serialize", "Serializing model.pte + .ptd"):
             ex.write_program(program, staging)
             for name in ex.TOKENIZER_FILES:

@@ -472,14 +472,21 @@ def edge_compile_config():
     return EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True)
 
 
+# Triton GEMM configs Inductor autotunes per matmul. Its default list (~20 per template, several
+# templates) made the tiny model's AOTI compile take minutes; the first configs of the list are its
+# best general-purpose tiles, and the GEMMs here are the projections around the custom kernels.
+DEFAULT_GEMM_CONFIGS = 6
+
+
 @contextmanager
-def _compile_settings():
+def _compile_settings(gemm_configs: int | None = DEFAULT_GEMM_CONFIGS):
     """Inductor settings for the AOTI compile, restored afterwards.
 
     Coordinate-descent tuning re-benchmarks every kernel for little gain on these shapes; the wrapper
     .cpp only launches kernels, so -O0 compiles it much faster at no runtime cost (both as in
     executorch's own Qwen 3.5 MoE export). CudaBackend's max_autotune stays on: without it GEMMs
-    become cuBLAS extern calls, which a torch-free runtime cannot run (checked on the GPU host).
+    become cuBLAS extern calls, which a torch-free runtime cannot run (checked on the GPU host);
+    `gemm_configs` caps the Triton configs tried per GEMM template (None: Inductor's full list).
     """
     import torch._inductor.config as inductor_config
 
@@ -492,6 +499,7 @@ def _compile_settings():
 
     put(inductor_config, "coordinate_descent_tuning", False)
     put(inductor_config.aot_inductor, "compile_wrapper_opt_level", "O0")
+    put(inductor_config.test_configs, "max_mm_configs", gemm_configs)
     try:
         yield
     finally:
@@ -499,7 +507,8 @@ def _compile_settings():
             setattr(obj, attr, value)
 
 
-def lower(programs: dict[str, torch.export.ExportedProgram], constants: dict):
+def lower(programs: dict[str, torch.export.ExportedProgram], constants: dict,
+          gemm_configs: int | None = DEFAULT_GEMM_CONFIGS):
     """to_edge_transform_and_lower with one CudaPartitioner per method, then to_executorch.
 
     Returns the ExecutorchProgramManager. Needs CUDA (AOTInductor compiles and autotunes on the GPU).
@@ -507,7 +516,7 @@ def lower(programs: dict[str, torch.export.ExportedProgram], constants: dict):
     require_cuda()
     from executorch.exir import to_edge_transform_and_lower
 
-    with _compile_settings():
+    with _compile_settings(gemm_configs):
         edge = to_edge_transform_and_lower(
             dict(programs),
             partitioner={m: [host_io_partitioner(m)] for m in programs},
