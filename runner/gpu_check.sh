@@ -12,7 +12,7 @@
 # Steps: build; ctest (its GPU parts run here: shim tests on the device and the synthetic CudaBackend
 # program, which must generate exact ids with decode sharing prefill's weights and cache); check the
 # model's .so imports against our shims; --info; greedy generation (text, stats, repeatability);
-# memory: loading decode must add < 5% of the weight bytes; seeded sampling repeatability; failure
+# memory: loading decode must add < 5% of the weight bytes, SOAK_STEPS (default 1000) decode steps must not grow it; seeded sampling repeatability; failure
 # modes (wrong .ptd, long prompt, bad token ids) must exit 2 with one error line. Logs go to
 # BUILD_DIR/gpu-check/. Exit status: number of failed checks (0 = all passed).
 set -uo pipefail
@@ -110,7 +110,7 @@ ids1=$(grep '^token ids:' "$log/greedy.out")
 [[ -n "$ids1" && "$ids1" != "token ids:" ]] && pass "tokens generated" || fail "no tokens generated"
 
 section "memory: decode shares prefill's weights"
-read -r base after_prefill after_decode peak weights < <(sed -n 's/^mem-bytes base=\([0-9]*\) after_prefill=\([0-9]*\) after_decode=\([0-9]*\) peak=\([0-9]*\) weights=\([0-9]*\)$/\1 \2 \3 \4 \5/p' "$log/greedy.err")
+read -r base after_prefill after_decode peak weights < <(sed -n 's/^mem-bytes base=\([0-9]*\) after_prefill=\([0-9]*\) after_decode=\([0-9]*\) peak=\([0-9]*\) weights=\([0-9]*\) .*/\1 \2 \3 \4 \5/p' "$log/greedy.err")
 if [[ -n "${weights:-}" && "$weights" -gt 0 ]]; then
   "$python" - "$base" "$after_prefill" "$after_decode" "$peak" "$weights" <<'EOF'
 import sys
@@ -127,6 +127,24 @@ fi
 grep '^sharing' "$log/greedy.err"
 grep -q 'no own weights loaded' "$log/greedy.err" && pass "decode loaded no weights of its own" \
   || fail "decode loaded its own weights (see the sharing line)"
+
+section "memory: ${SOAK_STEPS:=1000} decode steps"
+if [[ -n "$max_seq_len" && "$max_seq_len" -gt $((SOAK_STEPS + 8)) ]]; then
+  "$runner" --model "$model" --data "$data" --prompt-tokens 1,2,3,4,5,6,7,8 --max-new-tokens "$SOAK_STEPS" \
+    --ignore-eos >"$log/soak.out" 2>"$log/soak.err"
+  rc=$?
+  grep -E '^(eval|gpu memory|shim memory)' "$log/soak.err"
+  read -r first last live < <(sed -n 's/^mem-bytes .*first_step=\(-\?[0-9]*\) last_step=\(-\?[0-9]*\) shim_live=\([0-9]*\).*/\1 \2 \3/p' "$log/soak.err")
+  steps=$(awk '/^eval/ {print $4}' "$log/soak.err")
+  echo "device memory after decode step 1: ${first:-?} B, after step ${steps:-?}: ${last:-?} B; shim tensors live at exit: ${live:-?} B"
+  if [[ $rc -eq 0 && "${steps:-0}" -ge $((SOAK_STEPS - 1)) && -n "${first:-}" && "$first" -ge 0 && "$last" -le "$first" && "${live:-1}" -eq 0 ]]; then
+    pass "no memory growth over $steps decode steps"
+  else
+    fail "memory grew or the run failed (exit $rc; see $log/soak.err)"
+  fi
+else
+  echo "max_seq_len ${max_seq_len:-?} too short for $SOAK_STEPS steps: skipped"
+fi
 
 section "repeatability"
 run_gen greedy2

@@ -42,6 +42,7 @@ Runs a program written by tq-export: prompt -> prefill -> decode until EOS or --
   --prompt TEXT          prompt text (tokenized with --tokenizer)
   --prompt-tokens IDS    prompt as token ids, e.g. 1,2,3 (no tokenizer needed to run)
   --max-new-tokens N     tokens to generate at most                                  [default: 128]
+  --ignore-eos           keep generating past EOS tokens (benchmarks, soak tests)
   --temperature F        sampling temperature, 0 = greedy                              [default: 0]
   --seed N               seed for the program's sampler or host sampling               [default: 0]
   --warmup N             untimed generations before the timed ones                     [default: 0]
@@ -63,7 +64,7 @@ struct Flags {
   float temperature = 0.f;
   uint64_t seed = 0;
   int warmup = 0, iters = 1;
-  bool print_ids = false, info = false, tokenize_only = false, verbose = false, help = false;
+  bool ignore_eos = false, print_ids = false, info = false, tokenize_only = false, verbose = false, help = false;
 };
 
 bool g_verbose = false;
@@ -128,6 +129,7 @@ Flags parse_flags(int argc, char** argv) {
     else if (a == "--iters") f.iters = parse_number<int>(a, value());
     else if (a == "--extract-so") f.extract_dir = value();
     else if (a == "--print-token-ids") f.print_ids = true;
+    else if (a == "--ignore-eos") f.ignore_eos = true;
     else if (a == "--info") f.info = true;
     else if (a == "--tokenize-only") f.tokenize_only = true;
     else if (a == "--verbose") f.verbose = true;
@@ -332,6 +334,9 @@ int run(const Flags& f) {
   std::vector<double> prompt_ms, decode_ms;
   std::vector<int64_t> generated;
   int64_t decode_steps = 0, mem_peak = mem_decode;
+  // Device memory in use after the first decode step and after the last one: a steady decode loop
+  // allocates nothing that outlives a step, so the two must match however long it runs.
+  int64_t mem_first_step = -1, mem_last_step = -1;
   tq::shim::reset_peak_memory();
   // A model .so damaged inside an otherwise valid program can crash when run; say so in one line.
   tq::CrashGuard guard("crashed running the program (corrupt .pte? TQ_RUNNER_NO_CRASH_GUARD=1 gives a core dump)",
@@ -357,7 +362,7 @@ int run(const Flags& f) {
         throw tq::RunnerError("the program produced token id " + std::to_string(next) + ", outside [0, " +
                                   std::to_string(vocab) + ")",
                               f.model, tq::kExitRuntime);
-      if (eos.count(next)) break;
+      if (!f.ignore_eos && eos.count(next)) break;
       generated.push_back(next);
       if (show && tok) {
         std::string s = out.push(tok->token_bytes(next));
@@ -371,7 +376,9 @@ int run(const Flags& f) {
       next = prog.step(tq::meta::kDecode, &next, 1, pos, f.temperature);
       ++pos;
       ++steps;
+      if (steps == 1 && show) mem_first_step = gpu_used_bytes();
     }
+    if (show && steps > 0) mem_last_step = gpu_used_bytes();
     double t_decode = ms_since(t1);
     mem_peak = std::max(mem_peak, gpu_used_bytes());
     if (show) {
@@ -417,9 +424,12 @@ int run(const Flags& f) {
   std::fprintf(stderr, "sharing         %s\n", sharing.c_str());
   std::fprintf(stderr, "iterations      %d timed, %d warm-up (medians shown)\n", f.iters, f.warmup);
   // One machine-readable line for runner/gpu_check.sh.
-  std::fprintf(stderr, "mem-bytes base=%lld after_prefill=%lld after_decode=%lld peak=%lld weights=%zu\n",
+  std::fprintf(stderr, "mem-bytes base=%lld after_prefill=%lld after_decode=%lld peak=%lld weights=%zu "
+               "first_step=%lld last_step=%lld shim_live=%lld\n",
                static_cast<long long>(mem_base), static_cast<long long>(mem_prefill),
-               static_cast<long long>(mem_decode), static_cast<long long>(mem_peak), weights);
+               static_cast<long long>(mem_decode), static_cast<long long>(mem_peak), weights,
+               static_cast<long long>(mem_first_step), static_cast<long long>(mem_last_step),
+               static_cast<long long>(tq_mem.live_bytes));
   return tq::kExitOk;
 }
 

@@ -3,13 +3,16 @@
 # tq-runner, run it, check its greedy tokens against Python eager, and leave OUTDIR with the
 # artifacts, logs and manifest.json (file sizes, sha256, versions, GPU, commit, pass/fail per check).
 #
-#     bash scripts/ci_artifact.sh OUTDIR
+#     bash scripts/ci_artifact.sh OUTDIR [tq-export flags...]
+#
+# Extra flags go to both tq-export runs (e.g. --gemm-configs 1).
 #
 # Offline GPU host: carry the wheelhouse (scripts assume ./.wheelhouse, see README) or have torch,
 # executorch and triton installed. Each check is time-boxed; later checks run even when one fails
 # (those that need its output fail too). Exit status: 0 when every check passed, 1 otherwise.
 set -uo pipefail
-out=${1:?usage: ci_artifact.sh OUTDIR}
+out=${1:?usage: ci_artifact.sh OUTDIR [tq-export flags...]}
+shift
 mkdir -p "$out/logs"
 out=$(cd "$out" && pwd)
 if [[ -f .wheelhouse/install.sh ]]; then source .wheelhouse/install.sh >/dev/null; fi
@@ -29,7 +32,7 @@ check() {  # check NAME SECONDS CMD... : run, log to logs/NAME.log, record pass/
 
 for variant in tq bf16; do
   flag=$([[ $variant == tq ]] && echo --turboquant)
-  check "export_$variant" 600 python3 -m tq_export --model qwen3.5-moe --tiny $flag -o "$out/$variant"
+  check "export_$variant" 600 python3 -m tq_export --model qwen3.5-moe --tiny $flag -o "$out/$variant" "$@"
 done
 check runner_build 300 bash -c "cmake -S . -B build/runner -DCMAKE_BUILD_TYPE=Release -DTQ_RUNNER_TESTS=OFF \
   && cmake --build build/runner -j\$(nproc)"

@@ -60,18 +60,20 @@ def main() -> int:
     cmd = [args.runner, "--model", str(art / "model.pte"), "--data", str(art / "aoti_cuda_blob.ptd"),
            "--prompt-tokens", ",".join(map(str, prompt)), "--max-new-tokens", str(args.steps),
            "--temperature", "0", "--print-token-ids"]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("token ids:")]
+    # The runner streams the decoded text of random-weight tokens: not valid UTF-8, so decode leniently.
+    run = subprocess.run(cmd, capture_output=True)
+    stdout, stderr = (b.decode("utf-8", errors="replace") for b in (run.stdout, run.stderr))
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("token ids:")]
     got = [int(t) for t in lines[-1].split(":", 1)[1].split()] if lines else []
     first = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), None)
     result = {"turboquant": args.turboquant, "eager": want, "runner": got, "runner_rc": run.returncode,
               "identical": got == want, "first_mismatch": first,
               "margin_at_mismatch": margins[first] if first is not None and first < len(margins) else None,
-              "runner_stderr_tail": run.stderr[-1500:]}
+              "runner_stderr_tail": stderr[-1500:]}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"eager : {want}\nrunner: {got}\nidentical: {got == want}  (runner exit {run.returncode})")
-    print(run.stderr[-1500:], file=sys.stderr)
+    print(stderr[-1500:], file=sys.stderr)
     return 0 if got == want else 1
 
 

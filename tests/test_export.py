@@ -301,3 +301,24 @@ def test_lower_without_cuda_raises_no_gpu(exported, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ex.NoGPUError, match="NVIDIA GPU"):
         ex.lower(exported[1], {})
+
+
+def test_compile_settings_ask_for_single_arch_kernels_and_restore(monkeypatch):
+    from tq_export import export as ex
+
+    class Backend:
+        @classmethod
+        def get_aoti_compile_options(cls, compile_specs):
+            return {"aot_inductor.emit_multi_arch_kernel": True, "max_autotune": True}
+
+    before = Backend.__dict__["get_aoti_compile_options"]
+    monkeypatch.setattr(ex, "cuda_backend", lambda: (None, Backend))
+    import torch._inductor.config as inductor_config
+
+    with ex._compile_settings(gemm_configs=3):
+        assert Backend.get_aoti_compile_options([]) == {"aot_inductor.emit_multi_arch_kernel": False,
+                                                       "max_autotune": True}
+        assert inductor_config.test_configs.max_mm_configs == 3
+    assert Backend.__dict__["get_aoti_compile_options"] is before
+    assert Backend.get_aoti_compile_options([])["aot_inductor.emit_multi_arch_kernel"] is True
+    assert inductor_config.test_configs.max_mm_configs is None

@@ -95,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prefill", type=_positive, default=None, metavar="N",
                    help=f"most tokens per prefill call (default min({DEFAULT_MAX_PREFILL}, max-seq-len))")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weights and activations (default bf16)")
-    p.add_argument("--gemm-configs", type=_non_negative, default=DEFAULT_GEMM_CONFIGS, metavar="N",
+    p.add_argument("--gemm-configs", type=_non_negative, default=None, metavar="N",
                    help="Triton GEMM tile configs autotuned per matmul during lowering; more can find faster "
-                        f"tiles for large models and take longer (default {DEFAULT_GEMM_CONFIGS}; 0: Inductor's "
-                        "full list)")
+                        f"tiles for large models and take longer (default {DEFAULT_GEMM_CONFIGS}, 1 with --tiny "
+                        "whose GEMMs are too small to tune; 0: Inductor's full list)")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("out"), metavar="DIR",
                    help="where model.pte, aoti_cuda_blob.ptd, tokenizer files and export_report.json go "
                         "(default ./out)")
@@ -119,6 +119,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise InputError(f"--max-seq-len must be at least 2, got {args.max_seq_len}")
     if args.max_prefill is None:
         args.max_prefill = min(DEFAULT_MAX_PREFILL, args.max_seq_len)
+    if args.gemm_configs is None:
+        from .export import DEFAULT_GEMM_CONFIGS
+
+        args.gemm_configs = 1 if args.tiny else DEFAULT_GEMM_CONFIGS
     if not 2 <= args.max_prefill <= args.max_seq_len:
         raise InputError(f"--max-prefill must be in [2, --max-seq-len={args.max_seq_len}], got {args.max_prefill}")
     return args

@@ -500,11 +500,41 @@ def _compile_settings(gemm_configs: int | None = DEFAULT_GEMM_CONFIGS):
     put(inductor_config, "coordinate_descent_tuning", False)
     put(inductor_config.aot_inductor, "compile_wrapper_opt_level", "O0")
     put(inductor_config.test_configs, "max_mm_configs", gemm_configs)
+    with _single_arch_kernels():
+        try:
+            yield
+        finally:
+            for (obj, attr), value in saved.items():
+                setattr(obj, attr, value)
+
+
+@contextmanager
+def _single_arch_kernels():
+    """Embed each kernel as a cubin for this GPU instead of a fatbin.
+
+    CudaBackend asks Inductor for multi-arch fatbins, which torch 2.11 builds with one nvcc call per
+    kernel, serially, after Triton has already compiled the cubin. Triton compiles for the GPU that
+    runs the export, so the fatbin holds that one architecture (plus its PTX) anyway: the program
+    runs on the same GPUs either way, and the export skips hundreds of compiler calls.
+    """
+    _, backend = cuda_backend()
+    own = backend.__dict__.get("get_aoti_compile_options")
+    inherited = backend.get_aoti_compile_options
+
+    def options(cls, compile_specs):
+        opts = inherited(compile_specs)
+        if "aot_inductor.emit_multi_arch_kernel" in opts:
+            opts["aot_inductor.emit_multi_arch_kernel"] = False
+        return opts
+
+    backend.get_aoti_compile_options = classmethod(options)
     try:
         yield
     finally:
-        for (obj, attr), value in saved.items():
-            setattr(obj, attr, value)
+        if own is not None:
+            backend.get_aoti_compile_options = own
+        else:
+            del backend.get_aoti_compile_options
 
 
 def lower(programs: dict[str, torch.export.ExportedProgram], constants: dict,
