@@ -336,7 +336,7 @@ int run(const Flags& f) {
   int64_t decode_steps = 0, mem_peak = mem_decode;
   // Device memory in use after the first decode step and after the last one: a steady decode loop
   // allocates nothing that outlives a step, so the two must match however long it runs.
-  int64_t mem_first_step = -1, mem_last_step = -1;
+  int64_t mem_first_step = -1, mem_last_step = -1, shim_first_step = -1, shim_last_step = -1;
   tq::shim::reset_peak_memory();
   // A model .so damaged inside an otherwise valid program can crash when run; say so in one line.
   tq::CrashGuard guard("crashed running the program (corrupt .pte? TQ_RUNNER_NO_CRASH_GUARD=1 gives a core dump)",
@@ -376,9 +376,9 @@ int run(const Flags& f) {
       next = prog.step(tq::meta::kDecode, &next, 1, pos, f.temperature);
       ++pos;
       ++steps;
-      if (steps == 1 && show) mem_first_step = gpu_used_bytes();
+      if (steps == 1 && show) mem_first_step = gpu_used_bytes(), shim_first_step = tq::shim::memory_stats().live_bytes;
     }
-    if (show && steps > 0) mem_last_step = gpu_used_bytes();
+    if (show && steps > 0) mem_last_step = gpu_used_bytes(), shim_last_step = tq::shim::memory_stats().live_bytes;
     double t_decode = ms_since(t1);
     mem_peak = std::max(mem_peak, gpu_used_bytes());
     if (show) {
@@ -425,11 +425,11 @@ int run(const Flags& f) {
   std::fprintf(stderr, "iterations      %d timed, %d warm-up (medians shown)\n", f.iters, f.warmup);
   // One machine-readable line for runner/gpu_check.sh.
   std::fprintf(stderr, "mem-bytes base=%lld after_prefill=%lld after_decode=%lld peak=%lld weights=%zu "
-               "first_step=%lld last_step=%lld shim_live=%lld\n",
+               "first_step=%lld last_step=%lld shim_first_step=%lld shim_last_step=%lld\n",
                static_cast<long long>(mem_base), static_cast<long long>(mem_prefill),
                static_cast<long long>(mem_decode), static_cast<long long>(mem_peak), weights,
                static_cast<long long>(mem_first_step), static_cast<long long>(mem_last_step),
-               static_cast<long long>(tq_mem.live_bytes));
+               static_cast<long long>(shim_first_step), static_cast<long long>(shim_last_step));
   return tq::kExitOk;
 }
 

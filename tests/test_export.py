@@ -134,7 +134,8 @@ def test_methods_share_fqns_and_mutable_buffers(exported):
 def test_methods_sharing_only_listed_buffers_match_eager_greedy(exported, tiny_ckpt):
     """Prefill then decode, each program with its OWN copy of everything except the listed mutable
     buffers, which are bound to the same tensors (what the runner does by FQN): greedy tokens equal
-    the eager model's argmax."""
+    the eager model's argmax, and a second generation right after the first (no reset: a prefill at
+    position 0 starts a new sequence) gives them again."""
     model, programs = exported
     ref = load_tq(tiny_ckpt)
     prefill = programs["prefill"].module()
@@ -146,15 +147,23 @@ def test_methods_sharing_only_listed_buffers_match_eager_greedy(exported, tiny_c
         assert decode.get_buffer(fqn) is state
     ids = torch.randint(0, 512, (1, 7), generator=torch.Generator().manual_seed(1))
     zero, seed = torch.zeros(1), torch.zeros(1, dtype=torch.int64)
-    with torch.no_grad():
-        model.reset()
+
+    def generate():
         got = [prefill(ids, torch.arange(7), zero, seed)]
-        want = [ref(ids, torch.arange(7))[:, -1].argmax(-1)]
         for pos in range(7, 7 + 8):
             got.append(decode(got[-1].view(1, 1), torch.tensor([pos]), zero, seed))
+        return torch.cat(got).tolist()
+
+    with torch.no_grad():
+        model.reset()
+        first, second = generate(), generate()
+        ref.reset()
+        want = [ref(ids, torch.arange(7))[:, -1].argmax(-1)]
+        for pos in range(7, 7 + 8):
             want.append(ref(want[-1].view(1, 1), torch.tensor([pos]))[:, -1].argmax(-1))
     model.reset()
-    assert torch.cat(got).tolist() == torch.cat(want).tolist()
+    assert first == torch.cat(want).tolist()
+    assert second == first
 
 
 def test_lm_head_projects_last_position_only(tiny_ckpt):

@@ -158,13 +158,19 @@ class NextToken(nn.Module):
     Runs the stateful model on one chunk and samples the token after its last position. Every
     instance holds the model under the same attribute name, so buffer and parameter FQNs
     (`model.layers.3...`) are identical across methods: that is what a runner shares them by.
+    With `restarts`, a chunk at position 0 starts a new sequence (clears the recurrent states), so a
+    runner can generate again without touching the buffers; prefill does this, decode never starts
+    a sequence and skips the pass over the states.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, restarts: bool = False):
         super().__init__()
         self.model = model
+        self.restarts = restarts
 
     def forward(self, tokens, input_pos, temperature, seed):
+        if self.restarts:
+            self.model.start_sequence_if_at_zero(input_pos)
         logits = self.model(tokens, input_pos)[:, -1]  # [B, V]
         return sample_next_token(logits, temperature, seed, input_pos[-1:])
 
@@ -212,7 +218,8 @@ def export_methods(model: nn.Module, max_prefill: int) -> dict[str, torch.export
     programs = {}
     with torch.no_grad():
         for method in METHODS:
-            ep = torch.export.export(NextToken(model), example_inputs(method, max_prefill),
+            wrapper = NextToken(model, restarts=method == PREFILL)
+            ep = torch.export.export(wrapper, example_inputs(method, max_prefill),
                                      dynamic_shapes=dynamic_shapes(method, max_prefill), strict=False)
             programs[method] = ep.run_decompositions({})
     model.reset()

@@ -366,6 +366,11 @@ class GatedDeltaNet(nn.Module):
         self.conv_state.zero_()
         self.recurrent_state.zero_()
 
+    def reset_where(self, new_sequence: torch.Tensor) -> None:
+        """reset() when the bool tensor [1] `new_sequence` is true, read on the device (no branch)."""
+        for state in (self.conv_state, self.recurrent_state):
+            state.copy_(torch.where(new_sequence, 0, state))
+
 
 # --------------------------------------------------------------------------------------------
 # Sparse mixture of experts
@@ -517,6 +522,15 @@ class Qwen35Moe(nn.Module):
         for m in self.modules():
             if m is not self and callable(getattr(m, "reset", None)):
                 m.reset()
+
+    def start_sequence_if_at_zero(self, input_pos: torch.Tensor) -> None:
+        """In-graph reset() for a chunk that begins at position 0, so an exported program can run one
+        sequence after another. Only the recurrent states need it: attention never reads cache slots
+        past the current position, and those it does read the chunk has just written."""
+        new_sequence = input_pos[:1] == 0
+        for m in self.modules():
+            if m is not self and callable(getattr(m, "reset_where", None)):
+                m.reset_where(new_sequence)
 
     def materialize_state(self, device: torch.device | str) -> None:
         """After building on the meta device and assigning weights: real, zeroed state buffers."""
