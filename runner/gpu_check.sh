@@ -12,8 +12,8 @@
 # Steps: build; ctest (its GPU parts run here: shim tests on the device and the synthetic CudaBackend
 # program, which must generate exact ids with decode sharing prefill's weights and cache); check the
 # model's .so imports against our shims; --info; greedy generation (text, stats, repeatability);
-# memory: loading decode must add < 5% of the weight bytes, SOAK_STEPS (default 1000) decode steps must not grow it; seeded sampling repeatability; failure
-# modes (wrong .ptd, long prompt, bad token ids) must exit 2 with one error line. Logs go to
+# memory: loading decode must add < 5% of the weight bytes, and SOAK_STEPS (default 1000) decode
+# steps must not grow it; seeded sampling repeatability; failure modes (wrong .ptd, long prompt, bad token ids) must exit 2 with one error line. Logs go to
 # BUILD_DIR/gpu-check/. Exit status: number of failed checks (0 = all passed).
 set -uo pipefail
 
@@ -130,14 +130,14 @@ grep -q 'no own weights loaded' "$log/greedy.err" && pass "decode loaded no weig
 
 section "memory: ${SOAK_STEPS:=1000} decode steps"
 if [[ -n "$max_seq_len" && "$max_seq_len" -gt $((SOAK_STEPS + 8)) ]]; then
-  "$runner" --model "$model" --data "$data" --prompt-tokens 1,2,3,4,5,6,7,8 --max-new-tokens "$SOAK_STEPS" \
+  "$runner" --model "$model" --data "$data" --prompt-tokens 1,2,3,4,5,6,7,8 --max-new-tokens $((SOAK_STEPS + 1)) \
     --ignore-eos >"$log/soak.out" 2>"$log/soak.err"
   rc=$?
   grep -E '^(eval|gpu memory|shim memory)' "$log/soak.err"
   read -r first last sfirst slast < <(sed -n 's/^mem-bytes .*first_step=\(-\?[0-9]*\) last_step=\(-\?[0-9]*\) shim_first_step=\(-\?[0-9]*\) shim_last_step=\(-\?[0-9]*\).*/\1 \2 \3 \4/p' "$log/soak.err")
   steps=$(awk '/^eval/ {print $4}' "$log/soak.err")
   echo "after decode step 1: device ${first:-?} B in use, shim tensors ${sfirst:-?} B; after step ${steps:-?}: ${last:-?} B, ${slast:-?} B"
-  if [[ $rc -eq 0 && "${steps:-0}" -ge $((SOAK_STEPS - 1)) && "${first:--1}" -ge 0 && "$last" -le "$first" \
+  if [[ $rc -eq 0 && "${steps:-0}" -ge "$SOAK_STEPS" && "${first:--1}" -ge 0 && "$last" -le "$first" \
         && "${sfirst:--1}" -ge 0 && "$slast" -le "$sfirst" ]]; then
     pass "no memory growth over $steps decode steps"
   else

@@ -9,12 +9,15 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -40,7 +43,8 @@ Runs a program written by tq-export: prompt -> prefill -> decode until EOS or --
   --data PATH            weights file (.ptd)               [default: aoti_cuda_blob.ptd beside --model]
   --tokenizer PATH       Hugging Face tokenizer.json           [default: tokenizer.json beside --model]
   --prompt TEXT          prompt text (tokenized with --tokenizer)
-  --prompt-tokens IDS    prompt as token ids, e.g. 1,2,3 (no tokenizer needed to run)
+  --prompt-tokens IDS    prompt as token ids, e.g. 1,2,3 (no tokenizer needed to run); @FILE reads
+                         them from FILE (commas or whitespace), for prompts too long for a command line
   --max-new-tokens N     tokens to generate at most                                  [default: 128]
   --ignore-eos           keep generating past EOS tokens (benchmarks, soak tests)
   --temperature F        sampling temperature, 0 = greedy                              [default: 0]
@@ -151,11 +155,11 @@ Flags parse_flags(int argc, char** argv) {
   return f;
 }
 
-std::vector<int64_t> parse_token_list(const std::string& s) {
+std::vector<int64_t> parse_token_list(const std::string& s, const std::string& where) {
   std::vector<int64_t> out;
   std::string cur;
   for (char c : s + ",") {
-    if (c == ',' || c == ' ') {
+    if (c == ',' || std::isspace(static_cast<unsigned char>(c))) {
       if (cur.empty()) continue;
       size_t used = 0;
       long long v = 0;
@@ -164,7 +168,7 @@ std::vector<int64_t> parse_token_list(const std::string& s) {
       } catch (const std::exception&) {
         used = 0;
       }
-      if (used != cur.size()) throw tq::RunnerError("bad token id '" + cur + "' in --prompt-tokens", "command line");
+      if (used != cur.size()) throw tq::RunnerError("bad token id '" + cur + "' in --prompt-tokens", where);
       out.push_back(v);
       cur.clear();
     } else {
@@ -262,8 +266,15 @@ int run(const Flags& f) {
 
   // ---- prompt
   std::vector<int64_t> prompt;
-  if (f.has_prompt_tokens) {
-    prompt = parse_token_list(f.prompt_tokens);
+  if (f.has_prompt_tokens && f.prompt_tokens.rfind('@', 0) == 0) {
+    std::string path = f.prompt_tokens.substr(1);
+    std::ifstream in(path);
+    if (!in) throw tq::RunnerError("cannot read the prompt token file", path);
+    std::stringstream text;
+    text << in.rdbuf();
+    prompt = parse_token_list(text.str(), path);
+  } else if (f.has_prompt_tokens) {
+    prompt = parse_token_list(f.prompt_tokens, "command line");
   } else {
     try {
       prompt = tok->encode(f.prompt);

@@ -5,8 +5,8 @@
 #
 #     bash scripts/ci_artifact.sh OUTDIR [tq-export flags...]
 #
-# Extra flags go to both tq-export runs (e.g. --gemm-configs 1). The manifest names the commit from
-# git, or from $TQ_COMMIT in a copy of the tree without .git.
+# Extra flags go to both tq-export runs (e.g. --gemm-configs 1). The manifest names the commit
+# $TQ_COMMIT when set (a copied tree's git metadata can be stale or missing), else git's HEAD.
 #
 # Offline GPU host: carry the wheelhouse (scripts assume ./.wheelhouse, see README) or have torch,
 # executorch and triton installed. Each check is time-boxed; later checks run even when one fails
@@ -72,10 +72,13 @@ for line in (out / "logs" / "checks.tsv").read_text().splitlines():
     name, rc, secs = line.split("\t")
     checks[name] = {"pass": rc == "0", "exit": int(rc), "seconds": int(secs)}
 import os
-try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-except Exception:
-    commit = os.environ.get("TQ_COMMIT")
+commit = os.environ.get("TQ_COMMIT")
+if not commit:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except Exception:
+        commit = None
 manifest = {
     "commit": commit,
     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

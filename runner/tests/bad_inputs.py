@@ -94,6 +94,12 @@ def main() -> int:
         run(r, ["--model", model, "--prompt-tokens", "5,300"], 2, model, "out of range")
         run(r, ["--model", model, "--prompt-tokens", "-1"], 2, model, "out of range")
         run(r, ["--model", model, "--prompt-tokens", "1,x"], 2, "command line")
+        no_file = os.path.join(wd, "no-prompt.txt")
+        run(r, ["--model", model, "--prompt-tokens", "@" + no_file], 2, no_file, "cannot read")
+        bad_file = write("bad-prompt.txt", b"1, 2\n3 y\n")
+        run(r, ["--model", model, "--prompt-tokens", "@" + bad_file], 2, bad_file, "bad token id 'y'")
+        long_file = write("long-prompt.txt", b"5\n" * 65)  # whitespace-separated, one past max_seq_len
+        run(r, ["--model", model, "--prompt-tokens", "@" + long_file], 2, model, "max_seq_len")
         run(r, ["--model", model, "--tokenizer", tok_garbage, "--prompt", "hi"], 2, tok_garbage)
         run(r, ["--model", model, "--tokenizer", os.path.join(wd, "none.json"), "--prompt", "hi"], 2,
             os.path.join(wd, "none.json"))
