@@ -13,8 +13,8 @@
 # program, which must generate exact ids with decode sharing prefill's weights and cache); check the
 # model's .so imports against our shims; --info; greedy generation (text, stats, repeatability);
 # memory: loading decode must add < 5% of the weight bytes, and SOAK_STEPS (default 1000) decode
-# steps must not grow it; seeded sampling repeatability; failure modes (wrong .ptd, long prompt, bad token ids) must exit 2 with one error line. Logs go to
-# BUILD_DIR/gpu-check/. Exit status: number of failed checks (0 = all passed).
+# steps must not grow it; seeded sampling repeatability; failure modes (wrong .ptd, long prompt,
+# bad token ids) must exit 2 with one error line. Logs go to BUILD_DIR/gpu-check/. Exit status: number of failed checks (0 = all passed).
 set -uo pipefail
 
 if [[ $# -lt 1 || ! -d "$1" ]]; then
