@@ -479,9 +479,9 @@ def edge_compile_config():
     return EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True)
 
 
-# Triton GEMM configs Inductor autotunes per matmul. Its default list (~20 per template, several
-# templates) made the tiny model's AOTI compile take minutes; the first configs of the list are its
-# best general-purpose tiles, and the GEMMs here are the projections around the custom kernels.
+# Triton GEMM configs Inductor autotunes per matmul (the first N of its list per template). The full
+# list (~20 per template, several templates) made the tiny model's AOTI compile take minutes; the
+# GEMMs here are only the projections around the custom kernels.
 DEFAULT_GEMM_CONFIGS = 6
 
 
