@@ -7,13 +7,15 @@ its rotated unit vector y = u @ R^T. Attention never decompresses the cache to m
     out            = (sum_j p_j |v_j| c[idx_j]) @ R       (rotate the output back once)
 
 so the inner loop reads 2 bytes per 4 coordinates (plus one norm per row), looks each nibble up in
-the 16-entry codebook, and feeds tensor-core dots. Two more tricks keep the loop lean:
+the 16-entry codebook, and feeds tensor-core dots. The lookup is the cost that decides the speed:
+on the GPU it runs in registers with byte permutes (`_dequant_prmt`, about 3.5 instructions per
+value, no memory access); a gather from a table in memory ran 3x slower. Two more tricks:
   * no nibble interleaving: the high nibbles are the even coordinates and the low nibbles the odd
     ones, so the query is loaded as its even and odd halves and every dot is split in two;
   * norms scale the [M, N] score / probability tiles, never the [N, D] K / V tiles.
 
 Decode (one query row per head) splits the KV sequence over CTAs (flash-decoding) and a second
-kernel merges the partial results; prefill tiles queries with GQA packing (one tile holds G query
+kernel merges the partial results and rotates them back; prefill tiles queries with GQA packing (one tile holds G query
 heads x BLOCK_M/G positions that share one KV head, so each K/V tile is unpacked once per tile).
 kv_len is read on the device: no host sync, CUDA-graph safe, and the loops stop at kv_len and at
 the causal bound, never visiting empty cache.
@@ -43,7 +45,7 @@ HEAD_DIMS = (64, 128, 256)
 
 @triton.jit
 def _rotate_q_kernel(
-    q_ptr, rot_ptr, qr_ptr, cent_ptr, lut_ptr,
+    q_ptr, rot_ptr, qr_ptr, cent_ptr, lut_ptr, tab_ptr,
     stride_qb, stride_qh, stride_ql,
     M_total, H_kv, qk_scale,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -51,14 +53,22 @@ def _rotate_q_kernel(
     """q_rot[b, kvh, r, c-chunk] = q[b, kvh*G + r%G, r//G, :] @ R[c-chunk, :]^T * qk_scale  (bf16).
 
     Rows are GQA-packed (r = position * G + head). One program per column chunk keeps the read of R
-    spread over many SMs. Program (0, 0, 0) also writes the bf16 codebook LUT, so the attention
-    loop loads 2-byte entries with no conversion and no extra launch.
+    spread over many SMs. Program (0, 0, 0) also writes the codebook in the two forms the attention
+    loop reads (no extra launch): the bf16 LUT, and the byte tables of `_dequant_prmt`.
     """
     i_m, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     if i_m == 0 and i_bh == 0 and i_c == 0:
         o_l = tl.arange(0, 16)
-        tl.store(lut_ptr + o_l, tl.load(cent_ptr + o_l).to(tl.bfloat16))
+        b_c = tl.load(cent_ptr + o_l).to(tl.bfloat16)
+        tl.store(lut_ptr + o_l, b_c)
+        # tab[0:4]: low bytes of entries 0-3, 4-7, 8-11, 12-15 (byte j of a word = entry 4w + j);
+        # tab[4:8]: the high bytes. Summing disjoint byte lanes is an OR.
+        bits = b_c.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        shift = (tl.arange(0, 4) * 8)[None, :]
+        o_w = tl.arange(0, 4)
+        tl.store(tab_ptr + o_w, tl.sum(tl.reshape(bits & 0xFF, (4, 4)) << shift, 1))
+        tl.store(tab_ptr + 4 + o_w, tl.sum(tl.reshape(bits >> 8, (4, 4)) << shift, 1))
     o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_r = o_r < M_total
     o_d = tl.arange(0, D)
@@ -88,15 +98,59 @@ def _unrotate_store(b_oe, b_oo, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
     tl.store(p_out, b_o.to(tl.bfloat16), mask=m_r[:, None])
 
 
+def _prmt_asm() -> str:
+    """PTX for `_dequant_prmt` with pack=4: operands $0-$1 even pairs, $2-$3 odd pairs, $4 the
+    four bytes, then each table word as 4 copies ($5, $9, ... $33 are used)."""
+    t = [f"${5 + 4 * i}" for i in range(8)]
+    lines = ["{", ".reg .b32 s, t, m, a, b, lo, hi, ff;", "mov.b32 ff, 0xFF00;"]
+    for half, (sel_src, e_out, o_out) in enumerate((("$4", "$0", "$2"), ("$4", "$1", "$3"))):
+        shift = 16 * half
+        lines += [
+            f"shr.u32 s, {sel_src}, {shift};" if shift else f"mov.b32 s, {sel_src};",
+            f"shr.u32 t, {sel_src}, {shift + 3};",
+            "and.b32 s, s, 0x7777;",  # nibble indices with bit 3 cleared: prmt selectors
+            "and.b32 t, t, 0x1111;",  # bit 3 of each nibble ...
+            "prmt.b32 m, ff, 0, t;",  # ... spread to a 0x00 / 0xFF byte mask
+            f"prmt.b32 a, {t[0]}, {t[1]}, s;", f"prmt.b32 b, {t[2]}, {t[3]}, s;",
+            "lop3.b32 lo, a, b, m, 0xD8;",  # (a & ~m) | (b & m)
+            f"prmt.b32 a, {t[4]}, {t[5]}, s;", f"prmt.b32 b, {t[6]}, {t[7]}, s;",
+            "lop3.b32 hi, a, b, m, 0xD8;",
+            f"prmt.b32 {e_out}, lo, hi, 0x7351;",  # high nibbles (even coordinates) as bf16 pairs
+            f"prmt.b32 {o_out}, lo, hi, 0x6240;",  # low nibbles (odd coordinates)
+        ]
+    return "\n".join(lines + ["}"])
+
+
+_PRMT_ASM = tl.constexpr(_prmt_asm())
+
+
+@triton.jit
+def _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7):
+    """uint8 [..] -> (codebook value of the high nibble, of the low nibble), bf16, in registers.
+
+    Each instance takes 2 packed bytes, i.e. 4 nibbles, and looks them up with byte permutes
+    (`prmt`): the raw 16 bits of the two bytes, with bit 3 of each nibble cleared, select bytes
+    out of an 8-byte table. Two tables (entries 0-7 and 8-15) and a per-byte select on bit 3 give
+    the low bytes of the bf16 entries, the same again the high bytes, and two more permutes
+    interleave them into bf16 pairs: 12 instructions per 4 values, no memory access.
+    t0..t3 hold the low bytes of entries 0-3, 4-7, 8-11, 12-15; t4..t7 the high bytes.
+    """
+    return tl.inline_asm_elementwise(
+        asm=_PRMT_ASM, constraints="=r,=r,=r,=r,r" + ",r" * 32,
+        args=[b, t0, t1, t2, t3, t4, t5, t6, t7],
+        dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4,
+    )
+
+
 @triton.jit
 def _tq4_attn_kernel(
-    qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, rot_ptr, kv_len_ptr,
+    qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, rot_ptr, kv_len_ptr,
     out_ptr, po_ptr, plse_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh,
     stride_ob, stride_oh, stride_ol,
-    Lq, M_total, H_kv,
+    Lq, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    NSPLIT: tl.constexpr, BLOCK_C: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     HALF: tl.constexpr = D // 2
     i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -110,7 +164,7 @@ def _tq4_attn_kernel(
     pos_r = kv_len - Lq + o_r // G  # absolute position of each query row
     last = kv_len - Lq + (tl.minimum(i_m * BLOCK_M + BLOCK_M, M_total) - 1) // G
     hi = tl.minimum(kv_len, last + 1)  # keys past this are masked for every row of the tile
-    chunk = tl.cdiv(tl.cdiv(kv_len, NSPLIT), BLOCK_N) * BLOCK_N
+    chunk = tl.cdiv(tl.cdiv(kv_len, nsplit), BLOCK_N) * BLOCK_N
     lo = i_s * chunk
     hi = tl.minimum(hi, lo + chunk)
 
@@ -118,8 +172,10 @@ def _tq4_attn_kernel(
     p_q = qr_ptr + (i_bh * M_total + o_r)[:, None] * D
     b_qe = tl.load(p_q + 2 * o_h[None, :], mask=m_r[:, None], other=0.0)  # [BM, D/2] even coords
     b_qo = tl.load(p_q + 2 * o_h[None, :] + 1, mask=m_r[:, None], other=0.0)  # odd coords
-    if UPCAST:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
+    if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
         b_qe, b_qo = b_qe.to(tl.float32), b_qo.to(tl.float32)
+    t0, t1, t2, t3 = tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3)
+    t4, t5, t6, t7 = tl.load(tab_ptr + 4), tl.load(tab_ptr + 5), tl.load(tab_ptr + 6), tl.load(tab_ptr + 7)
 
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
@@ -137,11 +193,11 @@ def _tq4_attn_kernel(
         b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
         b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
         # Codebook values of the high (even coordinates) and low (odd) nibbles: [BN, D/2] each.
-        # The 16-entry bf16 table is one 32-byte sector, so each gather is one L1 wavefront.
-        b_ke = tl.load(lut_ptr + (b_kb >> 4))
-        b_ko = tl.load(lut_ptr + (b_kb & 15))
-        if UPCAST:
-            b_ke, b_ko = b_ke.to(tl.float32), b_ko.to(tl.float32)
+        if INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
+            b_ke = tl.load(lut_ptr + (b_kb >> 4)).to(tl.float32)
+            b_ko = tl.load(lut_ptr + (b_kb & 15)).to(tl.float32)
+        else:
+            b_ke, b_ko = _dequant_prmt(b_kb, t0, t1, t2, t3, t4, t5, t6, t7)
         b_s = tl.dot(b_qe, tl.trans(b_ke)) + tl.dot(b_qo, tl.trans(b_ko))  # [BM, BN]
         b_s = b_s * b_kn[None, :]
         keep = (o_n[None, :] <= pos_r[:, None]) & m_n[None, :]
@@ -154,11 +210,11 @@ def _tq4_attn_kernel(
         b_p = tl.exp2(b_s - m_use[:, None])
         b_l = b_l * alpha + tl.sum(b_p, 1)
         b_pv = b_p * b_vn[None, :]
-        b_ve = tl.load(lut_ptr + (b_vb >> 4))
-        b_vo = tl.load(lut_ptr + (b_vb & 15))
-        if UPCAST:
-            b_ve, b_vo = b_ve.to(tl.float32), b_vo.to(tl.float32)
+        if INTERPRET:
+            b_ve = tl.load(lut_ptr + (b_vb >> 4)).to(tl.float32)
+            b_vo = tl.load(lut_ptr + (b_vb & 15)).to(tl.float32)
         else:
+            b_ve, b_vo = _dequant_prmt(b_vb, t0, t1, t2, t3, t4, t5, t6, t7)
             b_pv = b_pv.to(tl.bfloat16)
         b_ae = b_ae * alpha[:, None] + tl.dot(b_pv, b_ve)
         b_ao = b_ao * alpha[:, None] + tl.dot(b_pv, b_vo)
@@ -167,13 +223,13 @@ def _tq4_attn_kernel(
     # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
     inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)
     b_ae, b_ao = b_ae * inv_l[:, None], b_ao * inv_l[:, None]
-    if NSPLIT == 1:
+    if not SPLIT:
         for c0 in tl.static_range(0, D, BLOCK_C):
             _unrotate_store(b_ae, b_ao, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
                             stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
     else:
         lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
-        row = (i_bh * NSPLIT + i_s) * M_total + o_r
+        row = (i_bh * nsplit + i_s) * M_total + o_r
         tl.store(plse_ptr + row, lse, mask=m_r)
         tl.store(po_ptr + row[:, None] * D + o_h[None, :], b_ae, mask=m_r[:, None])
         tl.store(po_ptr + row[:, None] * D + HALF + o_h[None, :], b_ao, mask=m_r[:, None])
@@ -181,52 +237,49 @@ def _tq4_attn_kernel(
 
 @triton.jit
 def _tq4_combine_kernel(
-    po_ptr, plse_ptr, orot_ptr, M_total,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_C: tl.constexpr,
+    po_ptr, plse_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Merge the NSPLIT partial outputs of each row by log-sum-exp weights (one pass, rescaling as
-    the running max grows), one column chunk per program so the partials are read once, spread
-    over many SMs. o_rot keeps the partials' [even | odd] column order."""
-    i_m, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_r = o_r < M_total
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    b_w = tl.zeros([BLOCK_M], tl.float32)
-    b_o = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
-    for i_s in range(NSPLIT):
-        row = (i_bh * NSPLIT + i_s) * M_total + o_r
-        lse = tl.load(plse_ptr + row, mask=m_r, other=float("-inf"))
-        m_new = tl.maximum(b_m, lse)
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(b_m - m_use)
-        w = tl.exp2(lse - m_use)
-        b_w = b_w * alpha + w
-        b_o = b_o * alpha[:, None] + w[:, None] * tl.load(po_ptr + row[:, None] * D + o_c[None, :],
-                                                          mask=m_r[:, None], other=0.0)
-        b_m = m_new
-    inv_w = tl.where(b_w > 0, 1.0 / tl.maximum(b_w, 1e-30), 0.0)
-    tl.store(orot_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o * inv_w[:, None],
-             mask=m_r[:, None])
+    """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
+    back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
 
-
-@triton.jit
-def _unrotate_kernel(
-    orot_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """out = o_rot @ R for merged decode rows, one output column chunk per program."""
+    One program per (row, batch x KV head, column chunk), so decode's few rows still spread over
+    many SMs; splits are read BLOCK_S at a time (wide independent loads: a loop of one split per
+    step was latency-bound). The partials keep the attention loop's [even | odd] column order,
+    so R's rows are read in that order too.
+    """
     HALF: tl.constexpr = D // 2
-    i_m, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
-    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_r = o_r < M_total
-    o_h = tl.arange(0, HALF)
-    p_o = orot_ptr + (i_bh * M_total + o_r)[:, None] * D + o_h[None, :]
-    b_oe = tl.load(p_o, mask=m_r[:, None], other=0.0)
-    b_oo = tl.load(p_o + HALF, mask=m_r[:, None], other=0.0)
-    _unrotate_store(b_oe, b_oo, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, i_c * BLOCK_C,
-                    stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, D)
+    row0 = i_bh * nsplit * M_total + i_r  # partial row of split s: row0 + s * M_total
+    # Pass 1: the largest log-sum-exp (splits past the end of the cache hold -inf).
+    b_m = tl.full([BLOCK_S], float("-inf"), tl.float32)
+    for s0 in range(0, nsplit, BLOCK_S):
+        m_s = s0 + o_s < nsplit
+        b_m = tl.maximum(b_m, tl.load(plse_ptr + row0 + (s0 + o_s) * M_total, mask=m_s,
+                                      other=float("-inf")))
+    m = tl.max(b_m, 0)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    # Pass 2: weighted sum of the partial rows.
+    b_w = tl.zeros([BLOCK_S], tl.float32)
+    b_o = tl.zeros([BLOCK_S, D], tl.float32)
+    for s0 in range(0, nsplit, BLOCK_S):
+        m_s = s0 + o_s < nsplit
+        p_row = row0 + (s0 + o_s) * M_total
+        w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
+        b_w += w
+        b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
+    w_sum = tl.sum(b_w, 0)
+    o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
+    # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
+    r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
+    b_out = tl.sum(o_rot[:, None] * b_r, 0)
+    tl.store(out_ptr + i_b * stride_ob + (i_kvh * G + i_r % G) * stride_oh + (i_r // G) * stride_ol + o_c,
+             b_out.to(tl.bfloat16))
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,8 +335,8 @@ def _config(M_total, S, B, H_kv, D, device):
     sequence over about `2 x SMs` programs; prefill packs the GQA group into tall query tiles."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-    if statically_known_true(M_total <= 16):
-        block_n = 64
+    if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
+        block_n = 128
         target = 2 * _num_sms(device)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(target, B * H_kv)))
         cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=2)
@@ -302,9 +355,9 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     G = H_q // H_kv
     M_total = Lq * G
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    upcast = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     cfg = _config(M_total, k_packed.shape[2], B, H_kv, D, q.device)
-    nsplit, block_c, small_m = cfg["nsplit"], 32, 16
+    nsplit, block_c = cfg["nsplit"], 32
     dev = q.device
 
     rot = rotation.contiguous()
@@ -312,11 +365,12 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     k_packed, v_packed = k_packed.contiguous(), v_packed.contiguous()
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
     lut = torch.empty((16,), dtype=torch.bfloat16, device=dev)
+    tab = torch.empty((8,), dtype=torch.int32, device=dev)
     out = torch.empty((B, H_q, Lq, D), dtype=torch.bfloat16, device=dev)
     out_strides = (out.stride(0), out.stride(1), out.stride(2))
 
     wrap_triton(_rotate_q_kernel)[(triton.cdiv(M_total, 32), B * H_kv, D // block_c)](
-        q, rot, q_rot, centroids, lut, q.stride(0), q.stride(1), q.stride(2),
+        q, rot, q_rot, centroids, lut, tab, q.stride(0), q.stride(1), q.stride(2),
         M_total, H_kv, scale * LOG2E, G=G, D=D, BLOCK_M=32, BLOCK_C=block_c, num_warps=4,
     )
     if nsplit > 1:
@@ -325,21 +379,15 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     else:
         po = plse = out  # unused: the kernel's epilogue rotates back and stores the output
     wrap_triton(_tq4_attn_kernel)[(triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)](
-        q_rot, k_packed, k_norms, v_packed, v_norms, lut, rot, kv_len, out, po, plse,
+        q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out, po, plse,
         k_packed.stride(0), k_packed.stride(1), k_packed.stride(2), k_norms.stride(0), k_norms.stride(1),
-        *out_strides, Lq, M_total, H_kv,
-        G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], NSPLIT=nsplit, BLOCK_C=block_c,
-        UPCAST=upcast, num_warps=cfg["warps"], num_stages=cfg["stages"],
+        *out_strides, Lq, M_total, H_kv, nsplit,
+        G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT=nsplit > 1, BLOCK_C=block_c,
+        INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     if nsplit > 1:
-        o_rot = torch.empty((B * H_kv * M_total, D), dtype=torch.float32, device=dev)
-        grid = (triton.cdiv(M_total, small_m), B * H_kv, D // block_c)
-        wrap_triton(_tq4_combine_kernel)[grid](
-            po, plse, o_rot, M_total, D=D, BLOCK_M=small_m, NSPLIT=nsplit, BLOCK_C=block_c,
-            num_warps=2,
-        )
-        wrap_triton(_unrotate_kernel)[grid](
-            o_rot, rot, out, *out_strides, M_total, H_kv, G=G, D=D, BLOCK_M=small_m, BLOCK_C=block_c,
+        wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // 64)](
+            po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=16, BLOCK_C=64,
             num_warps=4,
         )
     return out

@@ -93,12 +93,12 @@ def sweep():
             lq = 1 if kind == "decode" else ctx
             _, _, _, args = make_inputs(h_q, h_kv, d, lq, ctx)
             if kind == "decode":
-                space = [dict(block_m=16, block_n=bn, warps=w, stages=2,
+                space = [dict(block_m=bm, block_n=bn, warps=w, stages=2,
                               nsplit=min(_triton.cdiv(ctx, bn), _triton.cdiv(mult * sms, h_kv)))
-                         for mult, bn, w in itertools.product((2, 4, 8), (64, 128), (4, 8))]
+                         for bm, mult, bn, w in itertools.product((16, 64), (1, 2, 4), (32, 64, 128), (4, 8))]
             else:
-                space = [dict(block_m=bm, block_n=bn, warps=8, stages=st, nsplit=1)
-                         for bm, bn, st in itertools.product((64, 128), (32, 64), (2, 3))]
+                space = [dict(block_m=bm, block_n=bn, warps=w, stages=st, nsplit=1)
+                         for bm, bn, st, w in itertools.product((64, 128), (32, 64), (2, 3), (4, 8))]
             results = []
             for cfg in space:
                 mod.CONFIG_OVERRIDE = cfg
