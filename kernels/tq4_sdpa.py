@@ -118,7 +118,9 @@ def _prmt_asm() -> str:
             f"prmt.b32 {e_out}, lo, hi, 0x7351;",  # high nibbles (even coordinates) as bf16 pairs
             f"prmt.b32 {o_out}, lo, hi, 0x6240;",  # low nibbles (odd coordinates)
         ]
-    return "\n".join(lines + ["}"])
+    # One line: Inductor copies this constant into generated Python source, where a newline in
+    # the string literal breaks it.
+    return " ".join(lines + ["}"])
 
 
 _PRMT_ASM = tl.constexpr(_prmt_asm())

@@ -91,7 +91,9 @@ def max_seq_len(contexts: list[int], decode_tokens: int) -> int:
     return max(contexts) + decode_tokens + 1
 
 
-def stage_export(work: Path, seq_len: int, force: bool) -> None:
+def stage_export(work: Path, seq_len: int, force: bool, gemm_configs: int | None) -> None:
+    """Export both variants at once (they share the GPU; lowering is mostly CPU-bound compiling)."""
+    procs = {}
     for variant, flags in VARIANTS.items():
         out = work / variant
         if (out / "model.pte").is_file() and not force:
@@ -99,8 +101,14 @@ def stage_export(work: Path, seq_len: int, force: bool) -> None:
             continue
         cmd = [sys.executable, "-m", "tq_export", "--model", "qwen3.5-moe", "--checkpoint", str(work / "ckpt"),
                *flags, "--max-seq-len", str(seq_len), "--max-prefill", str(MAX_PREFILL), "-o", str(out)]
-        log(f"export {variant}: {' '.join(cmd[1:])}")
-        subprocess.run(cmd, check=True)
+        if gemm_configs is not None:
+            cmd += ["--gemm-configs", str(gemm_configs)]
+        log(f"export {variant}: {' '.join(cmd[1:])} (log: {work / f'export_{variant}.log'})")
+        procs[variant] = subprocess.Popen(cmd, stdout=open(work / f"export_{variant}.log", "w"),
+                                          stderr=subprocess.STDOUT)
+    failed = [v for v, p in procs.items() if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"error: export failed for {', '.join(failed)} (see {work}/export_<variant>.log)")
 
 
 STAT_PATTERNS = {
@@ -180,7 +188,8 @@ def kv_bytes(entry: dict, context: int) -> tuple[int, int]:
 def table(results: dict, meta: dict) -> str:
     bf, tq = results["bf16"], results["tq"]
     lines = [f"\n## {meta['date']}: {meta['gpu']}, commit {meta['commit']}, {meta['layers']}-layer bench model, "
-             f"median of {meta['runs']} runs\n",
+             f"median of {meta['runs']} runs, {meta.get('decode_tokens', '?')} decode steps per run, "
+             f"GEMM configs tried per GEMM at export: {meta.get('gemm_configs', 'default')}\n",
              "| case | bf16 cache tok/s | TQ4 cache tok/s | TQ4 / bf16 | peak GPU MiB (bf16 / TQ4) | "
              "KV cache MiB (bf16 / TQ4) | KV ratio |",
              "|---|---|---|---|---|---|---|"]
@@ -256,6 +265,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "e2e.md")
     ap.add_argument("--png", type=Path, default=ROOT / "results" / "e2e.png")
     ap.add_argument("--commit", help="commit the results belong to (default: git HEAD)")
+    ap.add_argument("--gemm-configs", type=int, help="passed to tq-export (default: tq-export's own)")
     ap.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
     a = ap.parse_args()
     try:
@@ -267,7 +277,7 @@ def main() -> int:
     if "checkpoint" in stages:
         stage_checkpoint(a.work, a.layers, a.force)
     if "export" in stages:
-        stage_export(a.work, max_seq_len(a.contexts, a.decode_tokens), a.force)
+        stage_export(a.work, max_seq_len(a.contexts, a.decode_tokens), a.force, a.gemm_configs)
     if "run" in stages:
         if not a.runner.is_file():
             ap.error(f"no tq-runner at {a.runner} (build it: cmake -S . -B build/runner && cmake --build build/runner)")
@@ -278,6 +288,8 @@ def main() -> int:
         meta = {"date": datetime.date.today().isoformat(), "commit": commit_id(a.commit),
                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown GPU",
                 "layers": a.layers, "runs": a.runs, "decode_tokens": a.decode_tokens}
+        report = json.loads((a.work / "tq" / "export_report.json").read_text())
+        meta["gemm_configs"] = report.get("gemm_configs")
         stage_report(a.work, a.out, a.png, meta)
     return 0
 

@@ -139,3 +139,11 @@ def test_gpu_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
     out = torch.ops.tq.tq4_sdpa(*args)
     cos, err = compare(out, tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+def test_prmt_asm_is_one_line():
+    # Inductor copies the PTX constant into generated Python source; a newline in it broke the
+    # AOTInductor compile of every exported TurboQuant program.
+    from tq_kernels.tq4_sdpa import _PRMT_ASM
+
+    assert "\n" not in _PRMT_ASM.value and _PRMT_ASM.value.count("prmt.b32") == 14
