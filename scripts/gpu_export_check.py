@@ -14,7 +14,9 @@ scripts/dev_env.sh).
    on the same tiny checkpoint), moved to CUDA and run
      * `ep`:   as `ep.module()` (the exported graph, eager kernels);
      * `aoti`: compiled with torch._inductor.aoti_compile_and_package (the compiler ExecuTorch's CUDA
-               backend runs) and loaded with aoti_load_package;
+               backend runs) and loaded with aoti_load_package, in a child process: a crash there
+               (native code) becomes a reported error naming the step it died in, with the Python
+               stack faulthandler printed;
    each method with its own copy of everything except the mutable buffers listed by `shared_buffers`,
    which both methods are pointed at by FQN (`ep`: re-registered buffers; `aoti`: load_constants
    with user_managed=True) -- the sharing the C++ runner does. Greedy tokens for `--steps` steps
@@ -76,6 +78,15 @@ PROMPT_LEN = 7
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+STAGE_MARK = "[stage] "
+AOTI_CONFIGS: dict = {}  # extra Inductor settings for the AOTI route (--aoti-configs)
+
+
+def stage(name: str) -> None:
+    """Mark the step being entered; a crashed child is reported by its last mark."""
+    log(STAGE_MARK + name)
 
 
 def short_error(e: BaseException) -> str:
@@ -161,9 +172,11 @@ def aoti_runners(programs: dict, shared: list[str], workdir: Path, tag: str) -> 
     runners, info = {}, {}
     for method in ex.METHODS:
         start = time.perf_counter()
+        stage(f"compile {method}")
         path = torch._inductor.aoti_compile_and_package(
             programs[method], package_path=str(workdir / f"{tag}-{method}.pt2"),
-            inductor_configs={"emulate_precision_casts": True})
+            inductor_configs={"emulate_precision_casts": True, **AOTI_CONFIGS})
+        stage(f"load {method}")
         compiled = torch._inductor.aoti_load_package(path)
         info[f"{method}_compile_s"] = round(time.perf_counter() - start, 1)
         fqns = set(compiled.get_constant_fqns())
@@ -171,6 +184,7 @@ def aoti_runners(programs: dict, shared: list[str], workdir: Path, tag: str) -> 
         if missing:
             raise RuntimeError(f"{method}: shared buffers are not AOTI constants: {missing[:4]}")
         try:
+            stage(f"share buffers {method}")
             compiled.load_constants(state, check_full_update=False, user_managed=True)
             info["user_managed"] = True
         except TypeError:  # a torch without user_managed: copies, so state would NOT be shared
@@ -278,11 +292,13 @@ def drop_device_asserts(ep):
     return ep
 
 
-def compare(variant: str, ckpt: Path, workdir: Path, steps: int, use_aoti: bool) -> dict:
+def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> dict:
+    """Tokens of one route ("ep" or "aoti") against eager, in this process."""
     from torch.export.passes import move_to_device_pass
 
     turboquant = VARIANTS[variant]
     result: dict = {}
+    stage("export")
     log(f"[compare {variant}] export on CPU, eager on {DEVICE}")
     cpu_model = load(ckpt, turboquant, "cpu")
     programs = ex.export_methods(cpu_model, MAX_PREFILL)
@@ -294,6 +310,7 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, use_aoti: bool)
     ref = load(ckpt, turboquant, DEVICE)
     prompt = torch.randint(0, 256, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(0)).to(DEVICE)
 
+    stage("eager")
     want, margins, tops = eager_generate(ref, prompt, steps, 0.0, 0)
     want_t, _, _ = eager_generate(ref, prompt, steps, 0.8, 1234)
     result["eager_greedy"] = want
@@ -301,17 +318,16 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, use_aoti: bool)
 
     routes = {}
     try:
-        routes["ep"] = ep_runners(programs, shared)
-    except Exception as e:  # noqa: BLE001
-        result["ep_error"] = short_error(e)
-    if use_aoti:
-        try:
+        if route == "ep":
+            routes["ep"] = ep_runners(programs, shared)
+        else:
             log(f"[compare {variant}] AOTInductor compile of prefill + decode")
             routes["aoti"] = aoti_runners(programs, shared, workdir, variant)
             result["aoti_info"] = routes["aoti"].pop("info")
-        except Exception as e:  # noqa: BLE001
-            result["aoti_error"] = short_error(e)
-            result["aoti_traceback"] = traceback.format_exc()[-4000:]
+    except Exception as e:  # noqa: BLE001
+        result[f"{route}_error"] = short_error(e)
+        result[f"{route}_traceback"] = traceback.format_exc()[-4000:]
+    stage("generate")
     with torch.no_grad():
         for name, run in routes.items():
             try:
@@ -339,9 +355,52 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, use_aoti: bool)
             except Exception as e:  # noqa: BLE001
                 result[f"{name}_error"] = short_error(e)
                 result[f"{name}_traceback"] = traceback.format_exc()[-4000:]
-    result["ok"] = all(result.get(f"{r}_greedy_ok") for r in (["ep", "aoti"] if use_aoti else ["ep"]))
+    stage("done")
     log(f"[compare {variant}] " + ", ".join(f"{k}={v}" for k, v in result.items()
                                           if k.endswith(("_match", "_ok", "_error"))))
+    return result
+
+
+def aoti_in_child(variant: str, ckpt: Path, workdir: Path, steps: int, timeout: int) -> dict:
+    """The `aoti` route in a child process (this script with --aoti-child): AOTInductor compiles and
+    loads native code, and a crash there must not take the whole check down with it."""
+    import signal
+
+    out, log_path = workdir / f"aoti-{variant}.json", workdir / f"aoti-{variant}.log"
+    cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "--aoti-child", variant,
+           "--ckpt", str(ckpt), "--keep", str(workdir), "--steps", str(steps), "--out", str(out),
+           "--device", DEVICE, "--aoti-configs", json.dumps(AOTI_CONFIGS)]
+    log(f"[compare {variant}] aoti route in a child process, log {log_path}")
+    start = time.perf_counter()
+    with open(log_path, "w") as f:
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, check=False,
+                                env={**os.environ, "PYTHONPATH": PYTHONPATH}).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    text = log_path.read_text(errors="replace")
+    if rc == 0 and out.is_file():
+        return json.loads(out.read_text())
+    marks = [ln[len(STAGE_MARK):] for ln in text.splitlines() if ln.startswith(STAGE_MARK)]
+    where = marks[-1] if marks else "start-up"
+    if rc is None:
+        why = f"timed out after {timeout} s"
+    elif rc < 0:
+        why = f"crashed with {signal.Signals(-rc).name}"
+    else:
+        why = f"exited with {rc}"
+    return {"aoti_error": f"child {why} during '{where}' after {time.perf_counter() - start:.0f} s",
+            "aoti_log_tail": text[-6000:]}
+
+
+def compare_routes(variant: str, ckpt: Path, workdir: Path, steps: int, use_aoti: bool, timeout: int) -> dict:
+    result = compare(variant, ckpt, workdir, steps, "ep")
+    if use_aoti:
+        child = aoti_in_child(variant, ckpt, workdir, steps, timeout)
+        result.update({k: v for k, v in child.items() if k.startswith("aoti")})
+        if "aoti_error" in child:
+            log(f"[compare {variant}] aoti: {child['aoti_error']}")
+    result["ok"] = all(result.get(f"{r}_greedy_ok") for r in (["ep", "aoti"] if use_aoti else ["ep"]))
     return result
 
 
@@ -380,12 +439,21 @@ def main() -> int:
     p.add_argument("--skip-cli", action="store_true", help="skip the tq-export runs")
     p.add_argument("--skip-compare", action="store_true", help="skip the eager/ep/AOTI comparison")
     p.add_argument("--no-aoti", action="store_true", help="compare ep.module() only (no AOTInductor compile)")
-    p.add_argument("--timeout", type=int, default=900, help="seconds per tq-export run (default 900)")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per tq-export run and per AOTI child (default 900)")
     p.add_argument("--keep", type=Path, help="keep artifacts here instead of a temporary directory")
+    p.add_argument("--aoti-configs", default="{}",
+                   help="extra Inductor settings for the AOTI route, as JSON (to bisect a failure)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    p.add_argument("--aoti-child", metavar="VARIANT", help=argparse.SUPPRESS)  # the child of aoti_in_child
+    p.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     global DEVICE
     DEVICE = args.device
+    AOTI_CONFIGS.update(json.loads(args.aoti_configs))
+    if args.aoti_child:
+        result = compare(args.aoti_child, args.ckpt, args.keep, args.steps, "aoti")
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("error: this check needs a CUDA GPU", file=sys.stderr)
         return 3
@@ -424,7 +492,7 @@ def main() -> int:
             entry["cli"] = run_cli(variant, workdir / f"out-{variant}", args.timeout)
         if not args.skip_compare:
             try:
-                entry["compare"] = compare(variant, ckpt, workdir, args.steps, not args.no_aoti)
+                entry["compare"] = compare_routes(variant, ckpt, workdir, args.steps, not args.no_aoti, args.timeout)
             except Exception as e:  # noqa: BLE001
                 entry["compare"] = {"ok": False, "error": short_error(e), "traceback": traceback.format_exc()[-4000:]}
                 log(f"[compare {variant}] FAILED: {short_error(e)}")
