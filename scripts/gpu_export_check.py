@@ -1,7 +1,7 @@
 """GPU-host check of the export pipeline: `tq-export --tiny` lowers, and the exported graphs generate what eager does.
 
     python scripts/gpu_export_check.py --out results/gpu_export_check.json [--variants bf16,tq] [--steps 32]
-                                       [--skip-cli] [--skip-compare] [--no-aoti] [--keep DIR]
+                                       [--skip-cli] [--skip-compare] [--routes ep,inductor,aoti] [--keep DIR]
 
 Made for the GPU host (torch 2.11 + executorch 1.2.0; `source WHEELHOUSE/install.sh` first). Works from
 the source tree without installing it (it puts the repo and `tq_kernels` on the path like
@@ -13,10 +13,12 @@ scripts/dev_env.sh).
 2. Compare: the same `prefill`/`decode` ExportedPrograms the CLI lowers (tq_export.export.export_methods
    on the same tiny checkpoint), moved to CUDA and run
      * `ep`:   as `ep.module()` (the exported graph, eager kernels);
+     * `inductor`: compiled by Inductor (torch.compile of `ep.module()`: the lowering and Triton
+               kernels AOTInductor generates, with a Python wrapper instead of a C++ one);
      * `aoti`: compiled with torch._inductor.aoti_compile_and_package (the compiler ExecuTorch's CUDA
-               backend runs) and loaded with aoti_load_package, in a child process: a crash there
-               (native code) becomes a reported error naming the step it died in, with the Python
-               stack faulthandler printed;
+               backend runs) and loaded with aoti_load_package;
+   the compiled routes run in a child process each: a crash in native code becomes a reported error
+   naming the step it died in, with the Python stack faulthandler printed;
    each method with its own copy of everything except the mutable buffers listed by `shared_buffers`,
    which both methods are pointed at by FQN (`ep`: re-registered buffers; `aoti`: load_constants
    with user_managed=True) -- the sharing the C++ runner does. Greedy tokens for `--steps` steps
@@ -71,6 +73,7 @@ from tq_export import models
 from tq_export.tiny import make_tiny_checkpoint
 
 VARIANTS = {"bf16": False, "tq": True}
+ROUTES = ("ep", "inductor", "aoti")  # how the exported graphs are run (see the docstring)
 DEVICE = "cuda"  # --device cpu: a smoke test of this script itself on a machine without a GPU
 MAX_SEQ_LEN, MAX_PREFILL = 4096, 512  # the CLI defaults
 PROMPT_LEN = 7
@@ -81,7 +84,7 @@ def log(msg: str) -> None:
 
 
 STAGE_MARK = "[stage] "
-AOTI_CONFIGS: dict = {}  # extra Inductor settings for the AOTI route (--aoti-configs)
+INDUCTOR_CONFIGS: dict = {}  # extra Inductor settings for the compiled routes (--inductor-configs)
 
 
 def stage(name: str) -> None:
@@ -166,6 +169,16 @@ def ep_runners(programs: dict, shared: list[str]) -> dict:
     return {"prefill": mods["prefill"], "decode": mods["decode"], "reset": reset}
 
 
+def inductor_runners(programs: dict, shared: list[str]) -> dict:
+    """ep_runners, each method compiled by Inductor (prefill with a dynamic length, as exported)."""
+    run = ep_runners(programs, shared)
+    opts = {"emulate_precision_casts": True, **INDUCTOR_CONFIGS}
+    for method, dynamic in (("prefill", True), ("decode", False)):
+        stage(f"compile {method} (runs at the first call)")
+        run[method] = torch.compile(run[method], fullgraph=True, dynamic=dynamic, options=opts)
+    return run
+
+
 def aoti_runners(programs: dict, shared: list[str], workdir: Path, tag: str) -> dict:
     """AOTInductor package per method; both point their mutable-buffer constants at one set of tensors."""
     state = {fqn: torch.zeros_like(buffer_of(programs["prefill"], fqn)) for fqn in shared}
@@ -175,7 +188,7 @@ def aoti_runners(programs: dict, shared: list[str], workdir: Path, tag: str) -> 
         stage(f"compile {method}")
         path = torch._inductor.aoti_compile_and_package(
             programs[method], package_path=str(workdir / f"{tag}-{method}.pt2"),
-            inductor_configs={"emulate_precision_casts": True, **AOTI_CONFIGS})
+            inductor_configs={"emulate_precision_casts": True, **INDUCTOR_CONFIGS})
         stage(f"load {method}")
         compiled = torch._inductor.aoti_load_package(path)
         info[f"{method}_compile_s"] = round(time.perf_counter() - start, 1)
@@ -293,7 +306,7 @@ def drop_device_asserts(ep):
 
 
 def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> dict:
-    """Tokens of one route ("ep" or "aoti") against eager, in this process."""
+    """Tokens of one route (see ROUTES) against eager, in this process."""
     from torch.export.passes import move_to_device_pass
 
     turboquant = VARIANTS[variant]
@@ -320,6 +333,8 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
     try:
         if route == "ep":
             routes["ep"] = ep_runners(programs, shared)
+        elif route == "inductor":
+            routes["inductor"] = inductor_runners(programs, shared)
         else:
             log(f"[compare {variant}] AOTInductor compile of prefill + decode")
             routes["aoti"] = aoti_runners(programs, shared, workdir, variant)
@@ -361,16 +376,16 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
     return result
 
 
-def aoti_in_child(variant: str, ckpt: Path, workdir: Path, steps: int, timeout: int) -> dict:
-    """The `aoti` route in a child process (this script with --aoti-child): AOTInductor compiles and
-    loads native code, and a crash there must not take the whole check down with it."""
+def route_in_child(route: str, variant: str, ckpt: Path, workdir: Path, steps: int, timeout: int) -> dict:
+    """One compiled route in a child process (this script with --child): Inductor and AOTInductor
+    compile and load native code, and a crash there must not take the whole check down with it."""
     import signal
 
-    out, log_path = workdir / f"aoti-{variant}.json", workdir / f"aoti-{variant}.log"
-    cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "--aoti-child", variant,
-           "--ckpt", str(ckpt), "--keep", str(workdir), "--steps", str(steps), "--out", str(out),
-           "--device", DEVICE, "--aoti-configs", json.dumps(AOTI_CONFIGS)]
-    log(f"[compare {variant}] aoti route in a child process, log {log_path}")
+    out, log_path = workdir / f"{route}-{variant}.json", workdir / f"{route}-{variant}.log"
+    cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "--child", variant,
+           "--routes", route, "--ckpt", str(ckpt), "--keep", str(workdir), "--steps", str(steps),
+           "--out", str(out), "--device", DEVICE, "--inductor-configs", json.dumps(INDUCTOR_CONFIGS)]
+    log(f"[compare {variant}] {route} route in a child process, log {log_path}")
     start = time.perf_counter()
     with open(log_path, "w") as f:
         try:
@@ -389,18 +404,19 @@ def aoti_in_child(variant: str, ckpt: Path, workdir: Path, steps: int, timeout: 
         why = f"crashed with {signal.Signals(-rc).name}"
     else:
         why = f"exited with {rc}"
-    return {"aoti_error": f"child {why} during '{where}' after {time.perf_counter() - start:.0f} s",
-            "aoti_log_tail": text[-6000:]}
+    return {f"{route}_error": f"child {why} during '{where}' after {time.perf_counter() - start:.0f} s",
+            f"{route}_log_tail": text[-6000:]}
 
 
-def compare_routes(variant: str, ckpt: Path, workdir: Path, steps: int, use_aoti: bool, timeout: int) -> dict:
-    result = compare(variant, ckpt, workdir, steps, "ep")
-    if use_aoti:
-        child = aoti_in_child(variant, ckpt, workdir, steps, timeout)
-        result.update({k: v for k, v in child.items() if k.startswith("aoti")})
-        if "aoti_error" in child:
-            log(f"[compare {variant}] aoti: {child['aoti_error']}")
-    result["ok"] = all(result.get(f"{r}_greedy_ok") for r in (["ep", "aoti"] if use_aoti else ["ep"]))
+def compare_routes(variant: str, ckpt: Path, workdir: Path, steps: int, routes: list[str], timeout: int) -> dict:
+    result = compare(variant, ckpt, workdir, steps, "ep") if "ep" in routes else {}
+    for route in routes:
+        if route != "ep":
+            child = route_in_child(route, variant, ckpt, workdir, steps, timeout)
+            result.update({k: v for k, v in child.items() if k.startswith(route) or k not in result})
+            if f"{route}_error" in child:
+                log(f"[compare {variant}] {route}: {child[f'{route}_error']}")
+    result["ok"] = all(result.get(f"{r}_greedy_ok") for r in routes)
     return result
 
 
@@ -414,19 +430,19 @@ def mib(files: dict, name: str) -> str:
 
 
 def table(results: dict, steps: int) -> str:
-    head = f"{'variant':<8} {'cli':<6} {'export s':>8} {'.pte':>10} {'.ptd':>10}  {'ep greedy':>9} " \
-           f"{'aoti greedy':>11} {'chunked':>8} {'sampled ep,aoti':>16}"
+    head = (f"{'variant':<8} {'cli':<6} {'export s':>8} {'.pte':>10} {'.ptd':>10}  "
+            + " ".join(f"{r + ' greedy':>15}" for r in ROUTES) + f" {'chunked':>8} {'sampled':>16}")
     rows = [head, "-" * len(head)]
     for variant, r in results["variants"].items():
         cli, cmp_ = r.get("cli", {}), r.get("compare", {})
         files = cli.get("files", {})
         cli_state = "-" if not cli else ("ok" if cli.get("ok") else f"rc={cli.get('rc')}")
-        chunked = [cmp_.get(f"{x}_chunked_prefill_ok") for x in ("ep", "aoti") if f"{x}_chunked_prefill_ok" in cmp_]
-        sampled = [str(cmp_[f"{x}_sampled_match"]) for x in ("ep", "aoti") if f"{x}_sampled_match" in cmp_]
+        greedy = [cmp_.get(f"{x}_greedy_match", "err" if f"{x}_error" in cmp_ else "-") for x in ROUTES]
+        chunked = [cmp_[f"{x}_chunked_prefill_ok"] for x in ROUTES if f"{x}_chunked_prefill_ok" in cmp_]
+        sampled = [str(cmp_[f"{x}_sampled_match"]) for x in ROUTES if f"{x}_sampled_match" in cmp_]
         rows.append(f"{variant:<8} {cli_state:<6} {cli.get('seconds', '-')!s:>8} {mib(files, ex.PTE_NAME):>10} "
-                    f"{mib(files, ex.PTD_NAME):>10}  {cmp_.get('ep_greedy_match', cmp_.get('ep_error', '-'))[:9]!s:>9} "
-                    f"{cmp_.get('aoti_greedy_match', 'err' if 'aoti_error' in cmp_ else '-')!s:>11} "
-                    f"{('ok' if chunked and all(chunked) else 'FAIL' if chunked else '-'):>8} "
+                    f"{mib(files, ex.PTD_NAME):>10}  " + " ".join(f"{g!s:>15}" for g in greedy)
+                    + f" {('ok' if chunked and all(chunked) else 'FAIL' if chunked else '-'):>8} "
                     f"{(','.join(sampled) + f' of {steps}') if sampled else '-':>16}")
     return "\n".join(rows)
 
@@ -437,21 +453,26 @@ def main() -> int:
     p.add_argument("--variants", default="bf16,tq", help="comma list of: bf16 (bf16 KV cache), tq (--turboquant)")
     p.add_argument("--steps", type=int, default=32, help="generated tokens compared (default 32)")
     p.add_argument("--skip-cli", action="store_true", help="skip the tq-export runs")
-    p.add_argument("--skip-compare", action="store_true", help="skip the eager/ep/AOTI comparison")
-    p.add_argument("--no-aoti", action="store_true", help="compare ep.module() only (no AOTInductor compile)")
-    p.add_argument("--timeout", type=int, default=900, help="seconds per tq-export run and per AOTI child (default 900)")
+    p.add_argument("--skip-compare", action="store_true", help="skip the comparison of the exported graphs with eager")
+    p.add_argument("--routes", default=",".join(ROUTES),
+                   help=f"comma list of the routes compared with eager (default {','.join(ROUTES)})")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per tq-export run and per compiled route (default 900)")
     p.add_argument("--keep", type=Path, help="keep artifacts here instead of a temporary directory")
-    p.add_argument("--aoti-configs", default="{}",
-                   help="extra Inductor settings for the AOTI route, as JSON (to bisect a failure)")
+    p.add_argument("--inductor-configs", default="{}",
+                   help="extra Inductor settings for the compiled routes, as JSON (to bisect a failure)")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
-    p.add_argument("--aoti-child", metavar="VARIANT", help=argparse.SUPPRESS)  # the child of aoti_in_child
+    p.add_argument("--child", metavar="VARIANT", help=argparse.SUPPRESS)  # see route_in_child
     p.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     global DEVICE
     DEVICE = args.device
-    AOTI_CONFIGS.update(json.loads(args.aoti_configs))
-    if args.aoti_child:
-        result = compare(args.aoti_child, args.ckpt, args.keep, args.steps, "aoti")
+    INDUCTOR_CONFIGS.update(json.loads(args.inductor_configs))
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    if not routes or any(r not in ROUTES for r in routes):
+        print(f"error: --routes must list some of {ROUTES}", file=sys.stderr)
+        return 2
+    if args.child:
+        result = compare(args.child, args.ckpt, args.keep, args.steps, routes[0])
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         return 0
     if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -492,7 +513,7 @@ def main() -> int:
             entry["cli"] = run_cli(variant, workdir / f"out-{variant}", args.timeout)
         if not args.skip_compare:
             try:
-                entry["compare"] = compare_routes(variant, ckpt, workdir, args.steps, not args.no_aoti, args.timeout)
+                entry["compare"] = compare_routes(variant, ckpt, workdir, args.steps, routes, args.timeout)
             except Exception as e:  # noqa: BLE001
                 entry["compare"] = {"ok": False, "error": short_error(e), "traceback": traceback.format_exc()[-4000:]}
                 log(f"[compare {variant}] FAILED: {short_error(e)}")
