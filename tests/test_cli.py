@@ -233,12 +233,13 @@ def test_success_path_publishes_artifacts_and_report(checkpoints, tmp_path, monk
 
     calls = {}
 
-    def fake_lower(programs, constants, gemm_configs=None):
-        calls.update(programs=programs, constants=constants, gemm_configs=gemm_configs)
+    def fake_lower(programs, constants, gemm_configs=None, borrowed=None):
+        calls.update(programs=programs, constants=constants, gemm_configs=gemm_configs, borrowed=borrowed)
         return FakeProgram()
 
     monkeypatch.setattr(ex, "require_cuda", lambda: None)
     monkeypatch.setattr(ex, "cuda_backend", lambda: None)
+    monkeypatch.setattr(ex, "can_lower_in_parallel", lambda: False)
     monkeypatch.setattr(ex, "ops_without_gpu_kernel", lambda programs: [])
     monkeypatch.setattr(ex, "lower", fake_lower)
     out = tmp_path / "out"
@@ -264,3 +265,75 @@ def test_success_path_publishes_artifacts_and_report(checkpoints, tmp_path, monk
     assert report["rewritten_layers"] == 1 and report["k_bits"] == 4 and report["turboquant"] is True
     for needle in ("Lowering + AOTInductor compile", "Serializing", "aoti_cuda_blob.ptd", "wrote"):
         assert needle in stdout
+    assert calls["borrowed"] is None  # this executorch (or no backend): one process
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_decode_is_lowered_by_a_worker_from_the_same_checkpoint(checkpoints, tmp_path, monkeypatch, capsys,
+                                                                 restore_logging, serial):
+    """With a backend that compiles methods independently, a second tq-export process gets the
+    same model flags plus the worker ones, and lower() borrows `decode` from it."""
+    import subprocess
+
+    from tq_export import export as ex
+
+    calls, started = {}, []
+
+    class Proc:
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+
+        def poll(self):
+            return 0
+
+    def fake_lower(programs, constants, gemm_configs=None, borrowed=None):
+        calls["borrowed"] = borrowed
+        return FakeProgram()
+
+    monkeypatch.setattr(ex, "require_cuda", lambda: None)
+    monkeypatch.setattr(ex, "cuda_backend", lambda: None)
+    monkeypatch.setattr(ex, "ops_without_gpu_kernel", lambda programs: [])
+    monkeypatch.setattr(ex, "can_lower_in_parallel", lambda: True)
+    monkeypatch.setattr(ex, "lower", fake_lower)
+    monkeypatch.setattr(subprocess, "Popen", Proc)
+    args = ["--model", "qwen3.5-moe", "--checkpoint", str(checkpoints["good"]), "--turboquant", "--k-bits", "3",
+            "--max-seq-len", "64", "--max-prefill", "8", "-o", str(tmp_path / "out")]
+    assert cli.main(args + (["--serial-lowering"] if serial else [])) == 0, capsys.readouterr()
+    if serial:
+        assert started == [] and calls["borrowed"] is None
+        return
+    (cmd,) = started
+    assert cmd[1:3] == ["-m", "tq_export"]
+    worker = cli.build_parser().parse_args(cmd[3:])  # the worker's own command line parses
+    assert worker.checkpoint == checkpoints["good"] and worker.worker_method == "decode"
+    assert worker.turboquant and worker.k_bits == 3 and worker.v_bits == 4
+    assert (worker.max_seq_len, worker.max_prefill, worker.gemm_configs) == (64, 8, 6)
+    assert list(calls["borrowed"]) == ["decode"]
+    assert not worker.worker_result.parent.exists()  # the worker's directory is cleaned up
+
+
+def make_worker(tmp_path, exit_code: int, pairs=None):
+    import pickle
+    import subprocess
+
+    w = object.__new__(cli.LoweringWorker)
+    w.method, w.dir, w.printed = "decode", tmp_path, []
+    w.console = type("C", (), {"print": lambda self, text="": w.printed.append(text)})()
+    w.result, w.log = tmp_path / "decode.pkl", tmp_path / "decode.log"
+    w.log.write_text("compiling\nRuntimeError: out of memory\n")
+    if pairs is not None:
+        w.result.write_bytes(pickle.dumps(pairs))
+    w.proc = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({exit_code})"])
+    return w
+
+
+def test_worker_result_is_used_only_when_it_compiled_the_same_program(tmp_path):
+    w = make_worker(tmp_path, 0, [("abc", "result-0"), ("def", "result-1")])
+    assert w.collect(["abc", "def"]) == ["result-0", "result-1"] and w.printed == []
+    w = make_worker(tmp_path, 0, [("abc", "result-0")])
+    assert w.collect(["xyz"]) is None
+    assert w.printed == ["  note: the decode worker compiled a different program; compiling decode here"]
+    (tmp_path / "decode.pkl").unlink()
+    w = make_worker(tmp_path, 1)
+    assert w.collect(["abc"]) is None
+    assert "exited with 1: RuntimeError: out of memory" in w.printed[0]

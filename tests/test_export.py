@@ -331,3 +331,73 @@ def test_compile_settings_ask_for_single_arch_kernels_and_restore(monkeypatch):
     assert Backend.__dict__["get_aoti_compile_options"] is before
     assert Backend.get_aoti_compile_options([])["aot_inductor.emit_multi_arch_kernel"] is True
     assert inductor_config.test_configs.max_mm_configs is None
+
+
+# --------------------------------------------------------------------------------------------
+# Lowering the methods in two processes
+# --------------------------------------------------------------------------------------------
+
+
+def test_program_fingerprint_sees_code_and_every_tensor(exported):
+    decode = exported[1]["decode"]
+    assert ex.program_fingerprint(decode) == ex.program_fingerprint(copy.deepcopy(decode))
+    assert ex.program_fingerprint(decode) != ex.program_fingerprint(exported[1]["prefill"])
+    changed = copy.deepcopy(decode)
+    name = next(k for k, v in changed.state_dict.items() if v.dtype == torch.bfloat16 and v.numel() > 1)
+    changed.state_dict[name].view(-1)[0] += 1
+    assert ex.program_fingerprint(changed) != ex.program_fingerprint(decode)
+
+
+def test_lower_borrows_a_method_and_compiles_it_itself_when_the_worker_fails(exported, monkeypatch):
+    """lower() hands the backend's preprocess_multimethod the worker's results for `decode` (checked
+    by fingerprint) and compiles only `prefill`; when the worker has nothing, it compiles both."""
+    import executorch.exir as exir
+    from executorch.exir.backend.backend_details import BackendDetails
+
+    programs = exported[1]
+    compiled = []
+
+    class Backend:
+        preprocess_multimethod = BackendDetails.__dict__["preprocess_multimethod"]
+
+        @classmethod
+        def preprocess(cls, ep, specs):
+            compiled.append(specs)
+            return f"compiled {specs}"
+
+    class Lowered:
+        def to_executorch(self, config):
+            return "program"
+
+    def fake_to_edge(progs, partitioner, constant_methods, compile_config):
+        seen["results"] = Backend.preprocess_multimethod({m: [progs[m]] for m in progs}, {m: [m] for m in progs})
+        return Lowered()
+
+    class Worker:
+        def __init__(self, results):
+            self.results = results
+
+        def collect(self, fingerprints):
+            seen["fingerprints"] = fingerprints
+            return self.results
+
+    seen = {}
+    monkeypatch.setattr(ex, "require_cuda", lambda: None)
+    monkeypatch.setattr(ex, "cuda_backend", lambda: (None, Backend))
+    monkeypatch.setattr(ex, "host_io_partitioner", lambda m: m)
+    monkeypatch.setattr(ex, "check_host_io", lambda program: None)
+    monkeypatch.setattr(ex, "_compile_settings", lambda gemm_configs: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(exir, "to_edge_transform_and_lower", fake_to_edge)
+    assert ex.can_lower_in_parallel()
+
+    ex.lower(programs, {}, borrowed={"decode": Worker(["from the worker"])})
+    assert compiled == ["prefill"]
+    assert seen["results"] == {"prefill": ["compiled prefill"], "decode": ["from the worker"]}
+    assert seen["fingerprints"] == [ex.program_fingerprint(programs["decode"])]
+    assert "preprocess_multimethod" not in Backend.__dict__ or \
+        Backend.__dict__["preprocess_multimethod"] is BackendDetails.__dict__["preprocess_multimethod"]
+
+    compiled.clear()
+    ex.lower(programs, {}, borrowed={"decode": Worker(None)})
+    assert compiled == ["prefill", "decode"]
+    assert seen["results"]["decode"] == ["compiled decode"]

@@ -105,7 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="stop before lowering: validate, build, rewrite and torch.export both methods on the "
                         "CPU, print the summary, write nothing")
+    p.add_argument("--serial-lowering", action="store_true",
+                   help="compile the two methods one after the other in this process (by default a "
+                        "second process compiles `decode` meanwhile when the model is small enough)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    # A LoweringWorker's mode: compile one method, pickle the result, write nothing else.
+    p.add_argument("--worker-method", help=argparse.SUPPRESS)
+    p.add_argument("--worker-result", type=Path, help=argparse.SUPPRESS)
     return p
 
 
@@ -255,8 +261,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from .checkpoint import CONFIG_NAME, CheckpointError
 
     dtype = ex.DTYPES[args.dtype]
-    staging = None if args.dry_run else make_staging(args.output_dir)
-    tiny_dir = None
+    staging = None if args.dry_run or args.worker_method else make_staging(args.output_dir)
+    tiny_dir = worker = None
     try:
         # --- inputs -------------------------------------------------------------------------
         if args.tiny:
@@ -276,6 +282,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             with console.stage("checkpoint", "Building tiny random checkpoint"):
                 tiny_dir = tempfile.TemporaryDirectory(prefix="tq-export-tiny-")
                 ckpt = make_tiny(args.model, Path(tiny_dir.name), args.debug)
+        if not args.dry_run and not args.worker_method and not args.serial_lowering:
+            worker = LoweringWorker.start_if_useful(args, Path(ckpt), console)
 
         # --- build, rewrite, export -----------------------------------------------------------
         with console.stage("load", "Loading checkpoint"):
@@ -291,6 +299,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     raise CheckpointError(str(e), Path(ckpt) / CONFIG_NAME) from None
         with console.stage("export", "torch.export (prefill, decode)"):
             programs = ex.export_methods(model, args.max_prefill)
+        if args.worker_method:
+            with console.stage("lower", f"Lowering + AOTInductor compile of {args.worker_method} (CUDA)"):
+                ex.lower_one(programs, args.worker_method, args.worker_result, gemm_configs=args.gemm_configs or None)
+            return EXIT_OK
         shared = ex.shared_buffers(programs)
         blockers = ex.ops_without_gpu_kernel(programs)
         bos, eos = ex.special_token_ids(ckpt)
@@ -326,8 +338,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if blockers:
             raise ex.ExportError(f"cannot lower: {', '.join(blockers)} have no kernel the CUDA backend can "
                                  "compile (needs a torch.library.triton_op or ATen ops)")
-        with console.stage("lower", "Lowering + AOTInductor compile (CUDA)"):
-            program = ex.lower(programs, constants, gemm_configs=args.gemm_configs or None)
+        title = "Lowering + AOTInductor compile (CUDA" + (f", {ex.DECODE} in a second process)" if worker else ")")
+        with console.stage("lower", title):
+            program = ex.lower(programs, constants, gemm_configs=args.gemm_configs or None,
+                               borrowed={ex.DECODE: worker} if worker else None)
         with console.stage("serialize", "Serializing model.pte + .ptd"):
             ex.write_program(program, staging)
             for name in ex.TOKENIZER_FILES:
@@ -342,10 +356,74 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"wrote {args.output_dir}/")
         return EXIT_OK
     finally:
+        if worker is not None:
+            worker.stop()
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         if tiny_dir is not None:
             tiny_dir.cleanup()
+
+
+class LoweringWorker:
+    """A second `tq-export` process that compiles `decode` while this one compiles `prefill`.
+
+    It builds the same programs from the same checkpoint (export is deterministic) and pickles the
+    CUDA backend's result for `decode`; `collect` hands it to export.lower, which checks the
+    fingerprint of the edge program it was compiled from. Any failure there only costs time: the
+    method is then compiled in this process, as with --serial-lowering.
+    """
+
+    MAX_CHECKPOINT_BYTES = 8 * 2**30  # two processes each hold the model: only for small ones
+
+    def __init__(self, args: argparse.Namespace, ckpt: Path, console: Console):
+        import subprocess
+
+        from .export import DECODE
+
+        self.console, self.method = console, DECODE
+        self.dir = Path(tempfile.mkdtemp(prefix="tq-export-worker-"))
+        self.result, self.log = self.dir / f"{DECODE}.pkl", self.dir / f"{DECODE}.log"
+        argv = ["--model", args.model, "--checkpoint", str(ckpt), "--dtype", args.dtype,
+                "--max-seq-len", str(args.max_seq_len), "--max-prefill", str(args.max_prefill),
+                "--gemm-configs", str(args.gemm_configs), "--worker-method", DECODE, "--worker-result", str(self.result)]
+        if args.turboquant:
+            argv += ["--turboquant", "--k-bits", str(args.k_bits), "--v-bits", str(args.v_bits)]
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tq_export", *argv], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @classmethod
+    def start_if_useful(cls, args: argparse.Namespace, ckpt: Path, console: Console):
+        from . import export as ex
+
+        size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
+        if size > cls.MAX_CHECKPOINT_BYTES or not ex.can_lower_in_parallel():
+            return None
+        return cls(args, ckpt, console)
+
+    def collect(self, fingerprints: list[str]):
+        """The worker's PreprocessResults for `decode`, or None (after a warning) to compile it here."""
+        import pickle
+
+        rc = self.proc.wait()
+        problem = None
+        if rc != 0 or not self.result.is_file():
+            tail = [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+            problem = f"exited with {rc}" + (f": {tail[0][:200]}" if tail else "")
+        else:
+            pairs = pickle.loads(self.result.read_bytes())
+            if [f for f, _ in pairs] != fingerprints:
+                problem = "compiled a different program"
+        if problem:
+            self.console.print(f"  note: the {self.method} worker {problem}; compiling {self.method} here")
+            return None
+        return [r for _, r in pairs]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def make_tiny(model_name: str, out: Path, debug: bool) -> Path:

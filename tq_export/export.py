@@ -45,9 +45,10 @@ Constant methods (name: type):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -544,16 +545,94 @@ def _single_arch_kernels():
             del backend.get_aoti_compile_options
 
 
+# --------------------------------------------------------------------------------------------
+# Lowering the two methods at once
+#
+# The CUDA backend compiles one method after the other, and each compile (AOTInductor: Inductor
+# lowering, Triton compiles, GEMM autotuning, the wrapper's C++ build) is most of the export's time.
+# With executorch 1.2's backend every method compiles on its own (BackendDetails'
+# preprocess_multimethod loops over `preprocess`), so a second process can compile `decode` from
+# the same checkpoint while this one compiles `prefill`; this process then uses its result, after
+# checking that the worker compiled the very same edge program (fingerprint). Newer backends share
+# one weight store across methods and are left to lower in one process.
+# --------------------------------------------------------------------------------------------
+
+
+def can_lower_in_parallel() -> bool:
+    """True when the installed CUDA backend compiles each method independently (executorch 1.2)."""
+    from executorch.exir.backend.backend_details import BackendDetails
+
+    _, backend = cuda_backend()
+    return backend.preprocess_multimethod.__func__ is BackendDetails.preprocess_multimethod.__func__
+
+
+def program_fingerprint(program: torch.export.ExportedProgram) -> str:
+    """sha256 of an edge program's code and every tensor it holds (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256(program.graph_module.code.encode())
+    tensors = {**program.state_dict, **{k: v for k, v in program.constants.items() if isinstance(v, torch.Tensor)}}
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def _preprocess_multimethod(fn):
+    """Install fn(cls, edge_programs, compile_specs) as CudaBackend.preprocess_multimethod."""
+    _, backend = cuda_backend()
+    backend.preprocess_multimethod = classmethod(fn)
+    try:
+        yield
+    finally:
+        del backend.preprocess_multimethod
+
+
+def lower_one(programs: dict[str, torch.export.ExportedProgram], method: str, result_path: str | Path,
+              gemm_configs: int | None = DEFAULT_GEMM_CONFIGS) -> None:
+    """Worker side: compile `method` only and pickle [(fingerprint, PreprocessResult)] to result_path."""
+    require_cuda()
+    import pickle
+
+    from executorch.exir import to_edge_transform_and_lower
+
+    def compile_method(cls, edge_programs, compile_specs):
+        results = [(program_fingerprint(ep), cls.preprocess(ep, specs))
+                   for ep, specs in zip(edge_programs[method], compile_specs[method])]
+        tmp = Path(f"{result_path}.tmp")
+        tmp.write_bytes(pickle.dumps(results))
+        os.replace(tmp, result_path)  # the reader never sees half a file
+        return {method: [r for _, r in results]}
+
+    with _compile_settings(gemm_configs), _preprocess_multimethod(compile_method):
+        to_edge_transform_and_lower({method: programs[method]}, partitioner={method: [host_io_partitioner(method)]},
+                                    compile_config=edge_compile_config())
+
+
 def lower(programs: dict[str, torch.export.ExportedProgram], constants: dict,
-          gemm_configs: int | None = DEFAULT_GEMM_CONFIGS):
+          gemm_configs: int | None = DEFAULT_GEMM_CONFIGS, borrowed: dict | None = None):
     """to_edge_transform_and_lower with one CudaPartitioner per method, then to_executorch.
 
+    `borrowed` maps a method to an object whose `collect(fingerprints)` returns the PreprocessResults
+    another process compiled for it (see lower_one), or None to compile it here after all.
     Returns the ExecutorchProgramManager. Needs CUDA (AOTInductor compiles and autotunes on the GPU).
     """
     require_cuda()
     from executorch.exir import to_edge_transform_and_lower
 
-    with _compile_settings(gemm_configs):
+    def compile_methods(cls, edge_programs, compile_specs):
+        def here(m):
+            return [cls.preprocess(ep, specs) for ep, specs in zip(edge_programs[m], compile_specs[m])]
+
+        results = {m: here(m) for m in edge_programs if m not in borrowed}
+        for m in edge_programs:
+            if m in borrowed:
+                got = borrowed[m].collect([program_fingerprint(ep) for ep in edge_programs[m]])
+                results[m] = got if got is not None else here(m)
+        return {m: results[m] for m in edge_programs}
+
+    hook = _preprocess_multimethod(compile_methods) if borrowed else nullcontext()
+    with _compile_settings(gemm_configs), hook:
         edge = to_edge_transform_and_lower(
             dict(programs),
             partitioner={m: [host_io_partitioner(m)] for m in programs},
