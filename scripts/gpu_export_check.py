@@ -508,7 +508,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+        "commit": os.environ.get("TQ_COMMIT") or subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True, check=False).stdout.strip() or None,
         "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE, "python": platform.python_version(), "torch": torch.__version__,
         "steps": args.steps, "workdir": str(workdir), "variants": {},
