@@ -81,6 +81,8 @@ DEFAULT_ROUTES = ("ep", "inductor")
 DEVICE = "cuda"  # --device cpu: a smoke test of this script itself on a machine without a GPU
 MAX_SEQ_LEN, MAX_PREFILL = 4096, 512  # the CLI defaults
 PROMPT_LEN = 7
+PROMPT_TRIES = 64  # seeded prompts searched for one without near ties (clearest_prompt)
+NEAR_TIE_ULPS = 4
 
 
 def log(msg: str) -> None:
@@ -284,12 +286,36 @@ def eager_generate(model, prompt: torch.Tensor, steps: int, temperature: float, 
     return out, margins, tops, steps_logits
 
 
-def near_tie(margin: float, top: float) -> bool:
-    """A logit within 4 bf16 ulps of the top one: compiled and eager kernels may round either way."""
+def margin_ulps(margin: float, top: float) -> float:
+    """A logit gap in bf16 ulps of the top logit."""
     import math
 
-    ulp = 2.0 ** (math.floor(math.log2(abs(top))) - 7) if top else 2.0 ** -133
-    return margin <= 4 * ulp
+    return margin / (2.0 ** (math.floor(math.log2(abs(top))) - 7) if top else 2.0 ** -133)
+
+
+def clearest_prompt(model, steps: int):
+    """A prompt whose eager greedy path has no near tie, if one is found among PROMPT_TRIES seeded
+    prompts (else the one whose closest call is widest), and that path.
+
+    The tiny model is random and its logits nearly flat: most prompts meet a step whose top two
+    logits are within a bf16 ulp or two (even exactly tied), where any compile that rounds
+    differently from eager may pick the other token. On a prompt without such a step, every
+    compiled route must give eager's tokens exactly (near_tie then excuses nothing)."""
+    best = None
+    for seed in range(PROMPT_TRIES):
+        prompt = torch.randint(0, 256, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+        want, margins, tops, logits = eager_generate(model, prompt, steps, 0.0, 0)
+        closest = min(margin_ulps(m, t) for m, t in zip(margins, tops))
+        if best is None or closest > best[0]:
+            best = (closest, (prompt, want, margins, tops, logits))
+        if closest > NEAR_TIE_ULPS:
+            break
+    return best[1]
+
+
+def near_tie(margin: float, top: float) -> bool:
+    """A logit within 4 bf16 ulps of the top one: compiled and eager kernels may round either way."""
+    return margin_ulps(margin, top) <= NEAR_TIE_ULPS
 
 
 def first_mismatch(a: list[int], b: list[int]):
@@ -340,10 +366,10 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
     else:  # give each method its own state, as move_to_device_pass does on a GPU
         programs = {m: move_to_device_pass(ep, "cpu") if m == "prefill" else ep for m, ep in programs.items()}
     ref = load(ckpt, turboquant, DEVICE)
-    prompt = torch.randint(0, 256, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(0)).to(DEVICE)
-
     stage("eager")
-    want, margins, tops, logits = eager_generate(ref, prompt, steps, 0.0, 0)
+    prompt, want, margins, tops, logits = clearest_prompt(ref, steps)
+    result["prompt"] = prompt[0].tolist()
+    result["eager_min_margin_ulps"] = round(min(margin_ulps(m, t) for m, t in zip(margins, tops)), 2)
     want_t, _, _, _ = eager_generate(ref, prompt, steps, 0.8, 1234)
     result["eager_greedy"] = want
     result["eager_min_margin"] = round(min(margins), 4)
