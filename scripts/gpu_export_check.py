@@ -130,6 +130,7 @@ def run_cli(variant: str, out: Path, timeout: int) -> dict:
     if (out / "export_report.json").is_file():
         report = json.loads((out / "export_report.json").read_text())
         result["stages_s"] = report.get("stages_s")
+        result["decode_lowered_by_worker"] = report.get("decode_lowered_by_worker")
         result["versions"] = report.get("versions")
     if pte.is_file():
         try:

@@ -266,6 +266,7 @@ def test_success_path_publishes_artifacts_and_report(checkpoints, tmp_path, monk
     for needle in ("Lowering + AOTInductor compile", "Serializing", "aoti_cuda_blob.ptd", "wrote"):
         assert needle in stdout
     assert calls["borrowed"] is None  # this executorch (or no backend): one process
+    assert report["decode_lowered_by_worker"] is False
 
 
 @pytest.mark.parametrize("serial", [False, True])
@@ -317,7 +318,7 @@ def make_worker(tmp_path, exit_code: int, pairs=None):
     import subprocess
 
     w = object.__new__(cli.LoweringWorker)
-    w.method, w.dir, w.printed = "decode", tmp_path, []
+    w.method, w.dir, w.printed, w.used = "decode", tmp_path, [], False
     w.console = type("C", (), {"print": lambda self, text="": w.printed.append(text)})()
     w.result, w.log = tmp_path / "decode.pkl", tmp_path / "decode.log"
     w.log.write_text("compiling\nRuntimeError: out of memory\n")
@@ -329,7 +330,7 @@ def make_worker(tmp_path, exit_code: int, pairs=None):
 
 def test_worker_result_is_used_only_when_it_compiled_the_same_program(tmp_path):
     w = make_worker(tmp_path, 0, [("abc", "result-0"), ("def", "result-1")])
-    assert w.collect(["abc", "def"]) == ["result-0", "result-1"] and w.printed == []
+    assert w.collect(["abc", "def"]) == ["result-0", "result-1"] and w.printed == [] and w.used
     w = make_worker(tmp_path, 0, [("abc", "result-0")])
     assert w.collect(["xyz"]) is None
     assert w.printed == ["  note: the decode worker compiled a different program; compiling decode here"]

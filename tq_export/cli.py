@@ -348,6 +348,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 if (Path(ckpt) / name).is_file():
                     shutil.copy2(Path(ckpt) / name, staging / name)
         report["stages_s"] = dict(console.times)
+        report["decode_lowered_by_worker"] = bool(worker and worker.used)
         report["files"] = ex.file_sizes(sorted(staging.iterdir()))
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         files = publish(staging, args.output_dir)
@@ -380,7 +381,7 @@ class LoweringWorker:
 
         from .export import DECODE
 
-        self.console, self.method = console, DECODE
+        self.console, self.method, self.used = console, DECODE, False
         self.dir = Path(tempfile.mkdtemp(prefix="tq-export-worker-"))
         self.result, self.log = self.dir / f"{DECODE}.pkl", self.dir / f"{DECODE}.log"
         argv = ["--model", args.model, "--checkpoint", str(ckpt), "--dtype", args.dtype,
@@ -417,6 +418,7 @@ class LoweringWorker:
         if problem:
             self.console.print(f"  note: the {self.method} worker {problem}; compiling {self.method} here")
             return None
+        self.used = True
         return [r for _, r in pairs]
 
     def stop(self) -> None:
