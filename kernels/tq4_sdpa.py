@@ -145,15 +145,51 @@ def _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7):
 
 
 @triton.jit
+def _tq4_dequant_kernel(
+    kp_ptr, vp_ptr, lut_ptr, tab_ptr, kv_len_ptr, kd_ptr, vd_ptr,
+    stride_kb, stride_kh, stride_ks, H_kv, S,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
+):
+    """kd/vd[b*H_kv + h, n, :] = codebook values of cache row n as bf16, [even | odd] columns, for
+    n < kv_len (programs past kv_len return at once). Prefill then reads each row once per query
+    tile instead of looking it up once per query tile."""
+    HALF: tl.constexpr = D // 2
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    n0 = i_n * BLOCK_N
+    kv_len = tl.load(kv_len_ptr).to(tl.int32)
+    if n0 < kv_len:
+        i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
+        o_n = n0 + tl.arange(0, BLOCK_N)
+        m_n = o_n < kv_len
+        o_h = tl.arange(0, HALF)
+        t0, t1, t2, t3 = tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3)
+        t4, t5, t6, t7 = tl.load(tab_ptr + 4), tl.load(tab_ptr + 5), tl.load(tab_ptr + 6), tl.load(tab_ptr + 7)
+        src = i_b * stride_kb + i_kvh * stride_kh + o_n[:, None] * stride_ks + o_h[None, :]
+        dst = (i_bh.to(tl.int64) * S + o_n[:, None]) * D + o_h[None, :]
+        for i in tl.static_range(2):
+            b = tl.load((kp_ptr if i == 0 else vp_ptr) + src, mask=m_n[:, None], other=0)
+            if INTERPRET:
+                b_e, b_o = tl.load(lut_ptr + (b >> 4)), tl.load(lut_ptr + (b & 15))
+            else:
+                b_e, b_o = _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7)
+            dense_ptr = kd_ptr if i == 0 else vd_ptr
+            tl.store(dense_ptr + dst, b_e, mask=m_n[:, None])
+            tl.store(dense_ptr + dst + HALF, b_o, mask=m_n[:, None])
+
+
+@triton.jit
 def _tq4_attn_kernel(
     qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, rot_ptr, kv_len_ptr,
-    out_ptr, po_ptr, plse_ptr,
+    out_ptr, po_ptr, plse_ptr, kd_ptr, vd_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh,
     stride_ob, stride_oh, stride_ol,
-    Lq, M_total, H_kv, nsplit,
+    Lq, M_total, H_kv, nsplit, S,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, DENSE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
+    """Flash attention of the rotated queries over the cache, split over `nsplit` programs per row
+    tile when SPLIT. DENSE: read K/V codebook values from kd/vd ([B*H_kv, S, D] bf16, [even | odd]
+    columns, written by _tq4_dequant_kernel) instead of looking them up here."""
     HALF: tl.constexpr = D // 2
     i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
@@ -186,16 +222,25 @@ def _tq4_attn_kernel(
     p_k = kp_ptr + i_b * stride_kb + i_kvh * stride_kh
     p_v = vp_ptr + i_b * stride_kb + i_kvh * stride_kh
     p_kn = kn_ptr + i_b * stride_nb + i_kvh * stride_nh
+    p_kd = kd_ptr + i_bh.to(tl.int64) * S * D
+    p_vd = vd_ptr + i_bh.to(tl.int64) * S * D
     p_vn = vn_ptr + i_b * stride_nb + i_kvh * stride_nh
     for n0 in range(lo, hi, BLOCK_N):
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < hi
-        b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-        b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+        if not DENSE:
+            b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+            b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
         b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
         b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
         # Codebook values of the high (even coordinates) and low (odd) nibbles: [BN, D/2] each.
-        if INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
+        if DENSE:
+            p_row = p_kd + o_n[:, None] * D + o_h[None, :]
+            b_ke = tl.load(p_row, mask=m_n[:, None], other=0.0)
+            b_ko = tl.load(p_row + HALF, mask=m_n[:, None], other=0.0)
+            if INTERPRET:
+                b_ke, b_ko = b_ke.to(tl.float32), b_ko.to(tl.float32)
+        elif INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
             b_ke = tl.load(lut_ptr + (b_kb >> 4)).to(tl.float32)
             b_ko = tl.load(lut_ptr + (b_kb & 15)).to(tl.float32)
         else:
@@ -212,7 +257,15 @@ def _tq4_attn_kernel(
         b_p = tl.exp2(b_s - m_use[:, None])
         b_l = b_l * alpha + tl.sum(b_p, 1)
         b_pv = b_p * b_vn[None, :]
-        if INTERPRET:
+        if DENSE:
+            p_row = p_vd + o_n[:, None] * D + o_h[None, :]
+            b_ve = tl.load(p_row, mask=m_n[:, None], other=0.0)
+            b_vo = tl.load(p_row + HALF, mask=m_n[:, None], other=0.0)
+            if INTERPRET:
+                b_ve, b_vo = b_ve.to(tl.float32), b_vo.to(tl.float32)
+            else:
+                b_pv = b_pv.to(tl.bfloat16)
+        elif INTERPRET:
             b_ve = tl.load(lut_ptr + (b_vb >> 4)).to(tl.float32)
             b_vo = tl.load(lut_ptr + (b_vb & 15)).to(tl.float32)
         else:
@@ -341,9 +394,9 @@ def _config(M_total, S, B, H_kv, D, device):
         block_n = 128
         target = 2 * _num_sms(device)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(target, B * H_kv)))
-        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=2)
+        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=2, dense=False)
     else:  # measured best on H100 (scripts/bench_attention.py --sweep)
-        cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2)
+        cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=True)
     cfg.update(CONFIG_OVERRIDE or {})
     return cfg
 
@@ -380,12 +433,23 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         plse = torch.empty((B * H_kv * nsplit * M_total,), dtype=torch.float32, device=dev)
     else:
         po = plse = out  # unused: the kernel's epilogue rotates back and stores the output
+    S = k_packed.shape[2]
+    kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
+    if cfg["dense"]:  # every query tile reads the rows: look each one up once, into bf16
+        kd = torch.empty((B * H_kv, S, D), dtype=torch.bfloat16, device=dev)
+        vd = torch.empty((B * H_kv, S, D), dtype=torch.bfloat16, device=dev)
+        wrap_triton(_tq4_dequant_kernel)[(triton.cdiv(S, 64), B * H_kv)](
+            k_packed, v_packed, lut, tab, kv_len, kd, vd, *kstrides, H_kv, S,
+            D=D, BLOCK_N=64, INTERPRET=interpret, num_warps=4,
+        )
+    else:
+        kd = vd = out  # unused
     wrap_triton(_tq4_attn_kernel)[(triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)](
-        q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out, po, plse,
-        k_packed.stride(0), k_packed.stride(1), k_packed.stride(2), k_norms.stride(0), k_norms.stride(1),
-        *out_strides, Lq, M_total, H_kv, nsplit,
+        q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out, po, plse, kd, vd,
+        *kstrides, k_norms.stride(0), k_norms.stride(1),
+        *out_strides, Lq, M_total, H_kv, nsplit, S,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT=nsplit > 1, BLOCK_C=block_c,
-        INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
+        DENSE=cfg["dense"], INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
     )
     if nsplit > 1:
         wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // 64)](

@@ -79,7 +79,7 @@ def run_case(name, kind, ctx):
     }
 
 
-def sweep():
+def sweep(only: str | None = None):
     """Time launch configs per case and print the fastest (tuning aid; the op's defaults come from it)."""
     import itertools
 
@@ -90,6 +90,8 @@ def sweep():
     for name in SHAPES:
         h_q, h_kv, d = SHAPES[name]
         for kind, ctx in CASES:
+            if only and kind != only:
+                continue
             lq = 1 if kind == "decode" else ctx
             _, _, _, args = make_inputs(h_q, h_kv, d, lq, ctx)
             if kind == "decode":
@@ -97,8 +99,9 @@ def sweep():
                               nsplit=min(_triton.cdiv(ctx, bn), _triton.cdiv(mult * sms, h_kv)))
                          for bm, mult, bn, w in itertools.product((16, 64), (1, 2, 4), (32, 64, 128), (4, 8))]
             else:
-                space = [dict(block_m=bm, block_n=bn, warps=w, stages=st, nsplit=1)
-                         for bm, bn, st, w in itertools.product((64, 128), (32, 64), (2, 3), (4, 8))]
+                space = [dict(block_m=bm, block_n=bn, warps=w, stages=st, nsplit=1, dense=dn)
+                         for bm, bn, st, w, dn in itertools.product((64, 128), (32, 64), (2, 3), (4, 8),
+                                                                    (True, False))]
             results = []
             for cfg in space:
                 mod.CONFIG_OVERRIDE = cfg
@@ -120,12 +123,13 @@ def main():
     ap.add_argument("--out", default="results/attention.md", help="markdown results file to append to")
     ap.add_argument("--json", help="also write the raw rows here")
     ap.add_argument("--sweep", action="store_true", help="time launch configs per case instead")
+    ap.add_argument("--only", choices=("decode", "prefill"), help="with --sweep: only these cases")
     ap.add_argument("--commit", help="commit to record (default: git rev-parse in this tree)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: bench_attention.py needs a CUDA GPU")
     if args.sweep:
-        return sweep()
+        return sweep(args.only)
     gpu = torch.cuda.get_device_name()
     commit = commit_id(args.commit)
     rows = [run_case(name, kind, ctx) for name in SHAPES for kind, ctx in CASES]
