@@ -381,8 +381,12 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
         raise ValueError(f"tq4_sdpa: all inputs must be on one device, got {sorted(map(str, devices))}")
 
 
-# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit, warps, stages.
+# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit, warps, stages, dense.
 CONFIG_OVERRIDE: dict | None = None
+# Prefill looks the cache up once into a bf16 scratch of 2 x B x H_kv x S x D (K and V) when that
+# fits here; a long cache (S is its capacity, not kv_len) keeps the fused lookup instead of holding
+# a transient copy as large as the bf16 cache TurboQuant saves.
+DENSE_SCRATCH_BYTES = 64 * 2**20
 
 
 def _config(M_total, S, B, H_kv, D, device):
@@ -395,8 +399,10 @@ def _config(M_total, S, B, H_kv, D, device):
         target = 2 * _num_sms(device)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(target, B * H_kv)))
         cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=2, dense=False)
-    else:  # measured best on H100 (scripts/bench_attention.py --sweep)
-        cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=True)
+    elif statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
+        cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True)
+    else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
+        cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=False)
     cfg.update(CONFIG_OVERRIDE or {})
     return cfg
 

@@ -5,6 +5,7 @@ cases run compiled (marked gpu).
 """
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -28,6 +29,12 @@ def make_args(B, H_q, H_kv, Lq, S, kv_len, D, device="cpu", seed=0):
     return tuple(a.to(device) for a in args)
 
 
+# These run the Triton path on CPU tensors, i.e. under the interpreter (tests/conftest.py sets it
+# without a GPU); with a GPU the same cases run compiled in test_gpu_triton_matches_reference.
+interpreted = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                 reason="CPU tensors need the Triton interpreter; the GPU test covers the cases")
+
+
 def compare(out, ref):
     assert out.shape == ref.shape and out.dtype == torch.bfloat16
     assert not out.isnan().any()
@@ -46,6 +53,7 @@ CASES = [
 ]
 
 
+@interpreted
 @pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", CASES)
 def test_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
     args = make_args(B, H_q, H_kv, Lq, S, kv_len, D)
@@ -53,6 +61,32 @@ def test_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
 
 
+@interpreted
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", [(2, 16, 2, 5, 77, 74, 256), (1, 8, 8, 64, 300, 297, 128),
+                                                     (2, 4, 2, 64, 300, 64, 64)])
+def test_prefill_with_and_without_the_dense_scratch(B, H_q, H_kv, Lq, S, kv_len, D, dense, monkeypatch):
+    """Prefill reads the codebook values from a bf16 scratch when it is small (every case above),
+    else looks them up per tile: both paths against the reference."""
+    from tq_kernels import tq4_sdpa as mod
+
+    assert mod._config(Lq * H_q // H_kv, S, B, H_kv, D, torch.device("cpu"))["dense"]
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"dense": dense})
+    args = make_args(B, H_q, H_kv, Lq, S, kv_len, D)
+    cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+def test_dense_scratch_only_for_prefill_and_a_short_cache():
+    from tq_kernels import tq4_sdpa as mod
+
+    cpu = torch.device("cpu")
+    assert not mod._config(8, 4096, 1, 2, 256, cpu)["dense"]  # decode: each row is read once anyway
+    assert mod._config(4096 * 8, 4096, 1, 2, 256, cpu)["dense"]  # 8 MiB of scratch
+    assert not mod._config(4096 * 8, 131072, 1, 2, 256, cpu)["dense"]  # 256 MiB: as large as a bf16 cache
+
+
+@interpreted
 @pytest.mark.parametrize("Lq", [1, 5])
 def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
     args = make_args(2, 4, 2, Lq, 16, 0, 64)
@@ -66,6 +100,7 @@ def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
     assert cos >= 0.999 and err <= 2e-2
 
 
+@interpreted
 def test_split_decode_over_long_cache_matches_reference():
     # Decode with S large enough that the sequence is split over many programs.
     args = make_args(1, 16, 2, 1, 2048, 1999, 128)
@@ -133,7 +168,8 @@ def test_bad_inputs_raise(mutate, match):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", CASES + [(1, 16, 2, 1, 40000, 39000, 256),
-                                                             (1, 16, 2, 300, 1000, 1000, 256)])
+                                                             (1, 16, 2, 300, 1000, 1000, 256),
+                                                             (1, 16, 2, 64, 40000, 39000, 256)])  # no scratch
 def test_gpu_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
     args = make_args(B, H_q, H_kv, Lq, S, kv_len, D, device="cuda")
     out = torch.ops.tq.tq4_sdpa(*args)
