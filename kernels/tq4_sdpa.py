@@ -178,6 +178,18 @@ def _tq4_dequant_kernel(
 
 
 @triton.jit
+def _scratch_tile(p_rows, o_n, m_n, o_h, D: tl.constexpr, INTERPRET: tl.constexpr):
+    """Rows o_n of a _tq4_dequant_kernel scratch: (even, odd coordinates), [BN, D/2] each (fp32
+    under the interpreter, whose bf16 dot is wrong)."""
+    p_row = p_rows + o_n[:, None] * D + o_h[None, :]
+    b_e = tl.load(p_row, mask=m_n[:, None], other=0.0)
+    b_o = tl.load(p_row + D // 2, mask=m_n[:, None], other=0.0)
+    if INTERPRET:
+        b_e, b_o = b_e.to(tl.float32), b_o.to(tl.float32)
+    return b_e, b_o
+
+
+@triton.jit
 def _tq4_attn_kernel(
     qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, rot_ptr, kv_len_ptr,
     out_ptr, po_ptr, plse_ptr, kd_ptr, vd_ptr,
@@ -235,11 +247,7 @@ def _tq4_attn_kernel(
         b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
         # Codebook values of the high (even coordinates) and low (odd) nibbles: [BN, D/2] each.
         if DENSE:
-            p_row = p_kd + o_n[:, None] * D + o_h[None, :]
-            b_ke = tl.load(p_row, mask=m_n[:, None], other=0.0)
-            b_ko = tl.load(p_row + HALF, mask=m_n[:, None], other=0.0)
-            if INTERPRET:
-                b_ke, b_ko = b_ke.to(tl.float32), b_ko.to(tl.float32)
+            b_ke, b_ko = _scratch_tile(p_kd, o_n, m_n, o_h, D, INTERPRET)
         elif INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
             b_ke = tl.load(lut_ptr + (b_kb >> 4)).to(tl.float32)
             b_ko = tl.load(lut_ptr + (b_kb & 15)).to(tl.float32)
@@ -258,12 +266,8 @@ def _tq4_attn_kernel(
         b_l = b_l * alpha + tl.sum(b_p, 1)
         b_pv = b_p * b_vn[None, :]
         if DENSE:
-            p_row = p_vd + o_n[:, None] * D + o_h[None, :]
-            b_ve = tl.load(p_row, mask=m_n[:, None], other=0.0)
-            b_vo = tl.load(p_row + HALF, mask=m_n[:, None], other=0.0)
-            if INTERPRET:
-                b_ve, b_vo = b_ve.to(tl.float32), b_vo.to(tl.float32)
-            else:
+            b_ve, b_vo = _scratch_tile(p_vd, o_n, m_n, o_h, D, INTERPRET)
+            if not INTERPRET:
                 b_pv = b_pv.to(tl.bfloat16)
         elif INTERPRET:
             b_ve = tl.load(lut_ptr + (b_vb >> 4)).to(tl.float32)
