@@ -17,6 +17,8 @@ value, no memory access); a gather from a table in memory ran 3x slower. Two mor
 Decode (one query row per head) splits the KV sequence over CTAs (flash-decoding) and a second
 kernel merges the partial results and rotates them back; prefill tiles queries with GQA packing (one tile holds G query
 heads x BLOCK_M/G positions that share one KV head, so each K/V tile is unpacked once per tile).
+Prefill's query tiles all read the same cache rows: when the bf16 copy is small (a short cache), a
+first kernel looks every row up once into a scratch buffer and the tiles read that instead.
 kv_len is read on the device: no host sync, CUDA-graph safe, and the loops stop at kv_len and at
 the causal bound, never visiting empty cache.
 
