@@ -1,6 +1,14 @@
 """Plain helpers shared by several test files (imported as `helpers`: pytest puts tests/ on sys.path)."""
 
+import os
+
+import pytest
 import torch
+
+# Tests that launch Triton on CPU tensors: only the interpreter runs them (tests/conftest.py sets it
+# without a GPU); on a GPU host the gpu-marked tests run the same cases compiled.
+interpreted = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                 reason="CPU tensors need TRITON_INTERPRET=1 (the gpu-marked tests cover CUDA)")
 
 
 @torch.no_grad()

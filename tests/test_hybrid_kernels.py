@@ -18,14 +18,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tq_kernels.hybrid_ops  # noqa: F401
+from helpers import interpreted
 from tq_kernels.causal_conv1d import causal_conv1d_triton
 from tq_kernels.gated_delta import gated_delta_rule_chunked, gated_delta_rule_recurrent, gated_delta_rule_triton
 from tq_kernels.hybrid_ops import causal_conv1d_ref, gated_delta_rule_ref, moe_experts_ref
 from tq_kernels.moe import moe_experts_triton
 
-# The CPU tests launch Triton on CPU tensors: only the interpreter can run them.
-interpreted = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                 reason="CPU tensors need TRITON_INTERPRET=1 (the gpu-marked tests cover CUDA)")
 
 
 def errors(name, out, ref):

@@ -5,13 +5,13 @@ cases run compiled (marked gpu).
 """
 
 import itertools
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import tq_kernels  # noqa: F401
+from helpers import interpreted
 from tq_export.turboquant import TurboQuantizer
 from tq_kernels.tq4_sdpa import tq4_sdpa_reference, tq4_sdpa_triton
 
@@ -29,10 +29,6 @@ def make_args(B, H_q, H_kv, Lq, S, kv_len, D, device="cpu", seed=0):
     return tuple(a.to(device) for a in args)
 
 
-# These run the Triton path on CPU tensors, i.e. under the interpreter (tests/conftest.py sets it
-# without a GPU); with a GPU the same cases run compiled in test_gpu_triton_matches_reference.
-interpreted = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                 reason="CPU tensors need the Triton interpreter; the GPU test covers the cases")
 
 
 def compare(out, ref):
