@@ -73,6 +73,18 @@ def test_prefill_with_and_without_the_dense_scratch(B, H_q, H_kv, Lq, S, kv_len,
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
 
 
+def test_decode_splits_cover_the_gpu_and_equal_bytes_per_program():
+    from tq_kernels import tq4_sdpa as mod
+
+    cpu, sms = torch.device("cpu"), mod._num_sms(torch.device("cpu"))
+    qwen = mod._config(8, 131072, 1, 2, 256, cpu)  # 2 KV heads x D 256
+    llama = mod._config(4, 131072, 1, 8, 128, cpu)  # 8 KV heads x D 128: twice the bytes per row
+    assert qwen["nsplit"] * 2 >= 2 * sms and llama["nsplit"] * 8 >= 2 * sms
+    assert llama["nsplit"] * 8 == 2 * qwen["nsplit"] * 2  # programs in proportion to the cache's bytes
+    assert mod._config(1, 131072, 1, 1, 64, cpu)["nsplit"] >= 2 * sms  # one small head still fills the GPU
+    assert mod._config(8, 100, 1, 2, 256, cpu)["nsplit"] == 2  # never more splits than 64-row tiles
+
+
 def test_dense_scratch_only_for_prefill_and_a_short_cache():
     from tq_kernels import tq4_sdpa as mod
 
