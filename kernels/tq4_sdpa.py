@@ -401,12 +401,12 @@ def _config(M_total, S, B, H_kv, D, device):
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
-        # One pipeline stage keeps the kernel at 168 registers (3 CTAs per SM; 2 stages: 214, 2).
-        # Splits: at least two programs per SM, and one per SM for every 256 bytes of a cache
-        # row's K across heads, so each program reads about as many bytes whatever the head
-        # layout (qwen3.5-moe 2 x 256 and llama 8 x 128 were both fastest there).
-        block_n = 64
-        programs = max(2 * _num_sms(device), _num_sms(device) * H_kv * D // 256)
+        # One pipeline stage keeps the kernel at 168 registers, 3 CTAs per SM (two stages: 214
+        # registers, 2 CTAs). Splits: at least two programs per SM, and one per SM for every 256
+        # bytes of a cache row's K across heads, so each program reads about as many bytes
+        # whatever the head layout (qwen3.5-moe 2 x 256 and llama 8 x 128 were both fastest so).
+        block_n, sms = 64, _num_sms(device)
+        programs = max(2 * sms, sms * H_kv * D // 256)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(programs, B * H_kv)))
         cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False)
     elif statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
