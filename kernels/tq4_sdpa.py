@@ -104,15 +104,16 @@ def _prmt_asm() -> str:
     """PTX for `_dequant_prmt` with pack=4: operands $0-$1 even pairs, $2-$3 odd pairs, $4 the
     four bytes, then each table word as 4 copies ($5, $9, ... $33 are used)."""
     t = [f"${5 + 4 * i}" for i in range(8)]
-    lines = ["{", ".reg .b32 s, t, m, a, b, lo, hi, ff;", "mov.b32 ff, 0xFF00;"]
-    for half, (sel_src, e_out, o_out) in enumerate((("$4", "$0", "$2"), ("$4", "$1", "$3"))):
-        shift = 16 * half
+    lines = ["{", ".reg .b32 s, y, m, a, b, lo, hi;", "shl.b32 y, $4, 4;"]  # y: low nibbles moved up
+    # Per half (bytes 0-1, then 2-3) the selector nibbles run: low nibble of byte 0, its high
+    # nibble, low nibble of byte 1, its high nibble. The mask selectors name, for each, the byte
+    # whose bit 7 is that nibble's bit 3 (of y for a low nibble, of $4 for a high one) with
+    # selector bit 3 set: prmt's sign mode then writes 0xFF or 0x00, the whole mask in one instruction.
+    for half, (e_out, o_out, mask_sel) in enumerate((("$0", "$2", "0x9D8C"), ("$1", "$3", "0xBFAE"))):
         lines += [
-            f"shr.u32 s, {sel_src}, {shift};" if shift else f"mov.b32 s, {sel_src};",
-            f"shr.u32 t, {sel_src}, {shift + 3};",
+            "shr.u32 s, $4, 16;" if half else "mov.b32 s, $4;",
             "and.b32 s, s, 0x7777;",  # nibble indices with bit 3 cleared: prmt selectors
-            "and.b32 t, t, 0x1111;",  # bit 3 of each nibble ...
-            "prmt.b32 m, ff, 0, t;",  # ... spread to a 0x00 / 0xFF byte mask
+            f"prmt.b32 m, $4, y, {mask_sel};",  # 0xFF where the nibble's bit 3 is set
             f"prmt.b32 a, {t[0]}, {t[1]}, s;", f"prmt.b32 b, {t[2]}, {t[3]}, s;",
             "lop3.b32 lo, a, b, m, 0xD8;",  # (a & ~m) | (b & m)
             f"prmt.b32 a, {t[4]}, {t[5]}, s;", f"prmt.b32 b, {t[6]}, {t[7]}, s;",
@@ -134,9 +135,10 @@ def _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7):
 
     Each instance takes 2 packed bytes, i.e. 4 nibbles, and looks them up with byte permutes
     (`prmt`): the raw 16 bits of the two bytes, with bit 3 of each nibble cleared, select bytes
-    out of an 8-byte table. Two tables (entries 0-7 and 8-15) and a per-byte select on bit 3 give
-    the low bytes of the bf16 entries, the same again the high bytes, and two more permutes
-    interleave them into bf16 pairs: 12 instructions per 4 values, no memory access.
+    out of an 8-byte table. Two tables (entries 0-7 and 8-15) and a per-byte select on bit 3 (its
+    mask made by one more permute, in sign mode) give the low bytes of the bf16 entries, the same
+    again the high bytes, and two more permutes interleave them into bf16 pairs: 11 instructions
+    per 4 values, no memory access. tests/test_tq4_lookup_ptx.py runs the PTX on every byte pair.
     t0..t3 hold the low bytes of entries 0-3, 4-7, 8-11, 12-15; t4..t7 the high bytes.
     """
     return tl.inline_asm_elementwise(
