@@ -31,12 +31,15 @@ check() {  # check NAME SECONDS CMD... : run, log to logs/NAME.log, record pass/
   printf '%-20s %s in %ss\n' "$name" "$([[ $rc -eq 0 ]] && echo pass || echo "FAIL (exit $rc)")" "$((SECONDS - t0))"
 }
 
+# The two exports and the runner build are independent: run them side by side (an export is
+# mostly single-threaded Python and compiler subprocesses; a GPU host has the cores).
 for variant in tq bf16; do
   flag=$([[ $variant == tq ]] && echo --turboquant)
-  check "export_$variant" 600 python3 -m tq_export --model qwen3.5-moe --tiny $flag -o "$out/$variant" "$@"
+  check "export_$variant" 600 python3 -m tq_export --model qwen3.5-moe --tiny $flag -o "$out/$variant" "$@" &
 done
 check runner_build 300 bash -c "cmake -S . -B build/runner -DCMAKE_BUILD_TYPE=Release -DTQ_RUNNER_TESTS=OFF \
   && cmake --build build/runner -j\$(nproc)"
+wait
 for variant in tq bf16; do
   flag=$([[ $variant == tq ]] && echo --turboquant)
   check "runner_vs_eager_$variant" 300 python3 scripts/runner_vs_eager.py --runner build/runner/tq-runner \
