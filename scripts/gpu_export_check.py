@@ -26,7 +26,10 @@ scripts/dev_env.sh).
    (prefill of a 7-token prompt, then decode) are compared with the eager model's argmax tokens, on
    the seeded prompt (of --prompt-tries) whose eager path has the widest top-2 logit gaps: a route
    passes when it gives eager's tokens, or when, fed eager's tokens (teacher forcing), it differs
-   only at steps where eager scored its token within 4 bf16 ulps of the top one. Also
+   only at steps where eager scored its token within 4 bf16 ulps of the top one. After the
+   teacher-forced run, each compiled route's caches and recurrent states are compared bit for bit
+   with those of `ep.module()` fed the same tokens (reported, not gating): equal states put any
+   difference in tokens after the cache, in the logits. Also
    reported, not gating: chunked prefill (3 + 3 + 1 tokens, so T = 1 runs through prefill),
    temperature sampling against the eager sampler on eager logits, and the sampler compiled by
    Inductor against eager (bit-exact expected).
@@ -176,7 +179,10 @@ def ep_runners(programs: dict, shared: list[str]) -> dict:
         for fqn in shared:
             mods["prefill"].get_buffer(fqn).zero_()
 
-    return {"prefill": mods["prefill"], "decode": mods["decode"], "reset": reset}
+    def state():
+        return {fqn: mods["prefill"].get_buffer(fqn) for fqn in shared}
+
+    return {"prefill": mods["prefill"], "decode": mods["decode"], "reset": reset, "state": state}
 
 
 def export_inductor_options() -> dict:
@@ -322,6 +328,17 @@ def near_tie(margin: float, top: float) -> bool:
     return margin_ulps(margin, top) <= NEAR_TIE_ULPS
 
 
+def state_differences(got: dict, want: dict) -> dict:
+    """Per shared buffer (caches, recurrent states) that differs: how many elements differ, bit for bit."""
+    out = {}
+    for fqn, w in want.items():
+        g = got[fqn]
+        n = int((g.view(torch.uint8) != w.view(torch.uint8)).sum()) if g.dtype == torch.uint8 else int((g != w).sum())
+        if n:
+            out[fqn] = n
+    return out
+
+
 def first_mismatch(a: list[int], b: list[int]):
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
@@ -363,12 +380,16 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
     stage("export")
     log(f"[compare {variant}] export on CPU, eager on {DEVICE}")
     cpu_model = load(ckpt, turboquant, "cpu")
-    programs = ex.export_methods(cpu_model, MAX_PREFILL)
-    shared = ex.shared_buffers(programs)
-    if DEVICE != "cpu":
-        programs = {m: drop_device_asserts(move_to_device_pass(ep, DEVICE)) for m, ep in programs.items()}
-    else:  # give each method its own state, as move_to_device_pass does on a GPU
-        programs = {m: move_to_device_pass(ep, "cpu") if m == "prefill" else ep for m, ep in programs.items()}
+    cpu_programs = ex.export_methods(cpu_model, MAX_PREFILL)
+    shared = ex.shared_buffers(cpu_programs)
+
+    def on_device() -> dict:
+        """A copy of the programs on DEVICE with its own buffers (ep.module() runs on the ep's tensors)."""
+        if DEVICE != "cpu":
+            return {m: drop_device_asserts(move_to_device_pass(ep, DEVICE)) for m, ep in cpu_programs.items()}
+        return {m: move_to_device_pass(ep, "cpu") for m, ep in cpu_programs.items()}
+
+    programs = on_device()
     ref = load(ckpt, turboquant, DEVICE)
     stage("eager")
     prompt, want, margins, tops, logits = clearest_prompt(ref, steps)
@@ -405,6 +426,14 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
                 # A flip is a near-tie when eager scored the route's token within rounding of its top.
                 ties = [i for i in wrong if near_tie(tops[i] - float(logits[i][forced[i]]), tops[i])]
                 result[f"{name}_greedy_forced_match"] = f"{steps - len(wrong)}/{steps}"
+                if name != "ep" and "state" in run:
+                    # The caches and recurrent states the route wrote, against the exported graph
+                    # run eagerly on the same tokens: where does a difference start?
+                    got = {fqn: t.clone() for fqn, t in run["state"]().items()}
+                    ep_run = ep_runners(on_device(), shared)
+                    generate(ep_run, prompt, steps, 0.0, 0, forced=want)
+                    result[f"{name}_state_differs_from_ep"] = state_differences(got, ep_run["state"]())
+                    result[f"{name}_state_buffers"] = len(shared)
                 result[f"{name}_near_tie_flips"] = ties
                 # Exact free-running agreement, or every disagreement (teacher-forced) at a near-tie.
                 result[f"{name}_greedy_ok"] = bad is None or len(ties) == len(wrong)
@@ -423,7 +452,7 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
                 result[f"{name}_traceback"] = traceback.format_exc()[-4000:]
     stage("done")
     log(f"[compare {variant}] " + ", ".join(f"{k}={v}" for k, v in result.items()
-                                          if k.endswith(("_match", "_ok", "_error"))))
+                                          if k.endswith(("_match", "_ok", "_error", "_state_differs_from_ep"))))
     return result
 
 
