@@ -329,13 +329,16 @@ def near_tie(margin: float, top: float) -> bool:
 
 
 def state_differences(got: dict, want: dict) -> dict:
-    """Per shared buffer (caches, recurrent states) that differs: how many elements differ, bit for bit."""
+    """Per shared buffer (caches, recurrent states) that differs bit for bit: how many elements, and
+    for a KV cache ([B, H_kv, S, ...]) at which positions."""
     out = {}
     for fqn, w in want.items():
-        g = got[fqn]
-        n = int((g.view(torch.uint8) != w.view(torch.uint8)).sum()) if g.dtype == torch.uint8 else int((g != w).sum())
-        if n:
-            out[fqn] = n
+        diff = got[fqn] != w
+        if diff.any():
+            out[fqn] = {"elements": int(diff.sum())}
+            if ".cache." in fqn and diff.dim() >= 3:
+                rows = diff if diff.dim() == 3 else diff.flatten(3).any(-1)  # [B, H_kv, S]
+                out[fqn]["positions"] = rows.any(1).any(0).nonzero().flatten().tolist()
     return out
 
 
