@@ -387,7 +387,9 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
     shared = ex.shared_buffers(cpu_programs)
 
     def on_device() -> dict:
-        """A copy of the programs on DEVICE with its own buffers (ep.module() runs on the ep's tensors)."""
+        """The programs on DEVICE. On a GPU each call copies the tensors, so routes built from two
+        calls keep separate state; on the CPU (--device cpu, a smoke test) the calls share them,
+        which the state comparison tolerates: it clones the route's state before eager runs."""
         if DEVICE != "cpu":
             return {m: drop_device_asserts(move_to_device_pass(ep, DEVICE)) for m, ep in cpu_programs.items()}
         return {m: move_to_device_pass(ep, "cpu") for m, ep in cpu_programs.items()}
