@@ -387,9 +387,9 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
     shared = ex.shared_buffers(cpu_programs)
 
     def on_device() -> dict:
-        """The programs on DEVICE. On a GPU each call copies the tensors, so routes built from two
-        calls keep separate state; on the CPU (--device cpu, a smoke test) the calls share them,
-        which the state comparison tolerates: it clones the route's state before eager runs."""
+        """The programs on DEVICE. move_to_device_pass moves the exported programs' constants (the
+        non-persistent buffers: KV caches, recurrent states) in place, so every call shares those
+        tensors: the state comparison clones the route's state before eager runs on them."""
         if DEVICE != "cpu":
             return {m: drop_device_asserts(move_to_device_pass(ep, DEVICE)) for m, ep in cpu_programs.items()}
         return {m: move_to_device_pass(ep, "cpu") for m, ep in cpu_programs.items()}
