@@ -13,8 +13,8 @@ real 40, with 1 of its 10 KV caches. Per decoded token the bench model reads ~1 
 ~0.2 GB of experts against the real model's ~6 GB of weights, so the KV cache (and TurboQuant's
 saving on it) weighs about as much relative to the weights as in the real model with 4x fewer layers.
 
-Stages (each skips what its outputs show is done, so a GPU session can run them in separate calls
-within its per-call limit; --force redoes):
+Stages (each skips what its outputs show is done, so they can run as separate
+invocations, each under a time limit; --force redoes):
   checkpoint  WORK/ckpt: the random checkpoint, bf16, written by transformers (tq_export.tiny)
   export      WORK/bf16 and WORK/tq: `tq-export --checkpoint WORK/ckpt [--turboquant]`, with
               max_seq_len = the largest context + decode tokens and max_prefill 4096
