@@ -95,6 +95,21 @@ def test_dense_scratch_only_for_prefill_and_a_short_cache():
 
 
 @interpreted
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("Lq,kv_len", [(37, 37), (37, 90), (3, 90), (1, 90)])
+def test_small_tiles_mask_exactly_the_tiles_that_cross_the_diagonal(Lq, kv_len, dense, monkeypatch):
+    """With the scratch, the loop runs tiles left of a query tile's first position without masks
+    and the rest with them. 16 x 16 tiles put many tile edges on and off the diagonal (GQA 4: 4
+    rows per position), for a fresh prompt, a chunk after cached positions, and decode."""
+    from tq_kernels import tq4_sdpa as mod
+
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"block_m": 16, "block_n": 16, "dense": dense})
+    args = make_args(1, 8, 2, Lq, 96, kv_len, 64)
+    cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+@interpreted
 @pytest.mark.parametrize("Lq", [1, 5])
 def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
     args = make_args(2, 4, 2, Lq, 16, 0, 64)
