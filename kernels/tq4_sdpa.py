@@ -329,6 +329,90 @@ def _tq4_attn_kernel(
 
 
 @triton.jit
+def _tq4_decode_kernel(
+    qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, kv_len_ptr, po_ptr, plse_ptr,
+    stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, Lq, M_total, H_kv, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Split-K decode, computed transposed: the scores of one cache chunk as K q^T ([BN, BM]) and
+    the output as V^T P^T ([D/2, BM] per half), partials to po/plse for _tq4_combine_kernel.
+
+    Why transposed: with the few query rows of decode as M (BM = 16), sm_90 runs mma.sync, fed from
+    the looked-up shared-memory tiles by ldmatrix plus ~300 register copies per 64-key step. With
+    the 64 keys (scores) and D/2 coordinates (output) as M, Triton issues wgmma reading both
+    operands from shared memory: the same step compiles to ~1140 instructions instead of ~1470.
+    """
+    HALF: tl.constexpr = D // 2
+    i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
+    kv_len = tl.load(kv_len_ptr).to(tl.int32)
+    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows: r = position * G + head
+    m_r = o_r < M_total
+    pos_r = kv_len - Lq + o_r // G
+    last = kv_len - Lq + (tl.minimum(i_m * BLOCK_M + BLOCK_M, M_total) - 1) // G
+    hi = tl.minimum(kv_len, last + 1)
+    chunk = tl.cdiv(tl.cdiv(kv_len, nsplit), BLOCK_N) * BLOCK_N
+    lo = i_s * chunk
+    hi = tl.minimum(hi, lo + chunk)
+
+    o_h = tl.arange(0, HALF)
+    p_q = qr_ptr + (i_bh * M_total + o_r)[None, :] * D
+    b_qeT = tl.load(p_q + 2 * o_h[:, None], mask=m_r[None, :], other=0.0)  # [D/2, BM] even coords
+    b_qoT = tl.load(p_q + 2 * o_h[:, None] + 1, mask=m_r[None, :], other=0.0)  # odd coords
+    if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
+        b_qeT, b_qoT = b_qeT.to(tl.float32), b_qoT.to(tl.float32)
+    t0, t1, t2, t3 = tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3)
+    t4, t5, t6, t7 = tl.load(tab_ptr + 4), tl.load(tab_ptr + 5), tl.load(tab_ptr + 6), tl.load(tab_ptr + 7)
+    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    b_l = tl.zeros([BLOCK_M], tl.float32)
+    b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
+    b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
+    p_k = kp_ptr + i_b * stride_kb + i_kvh * stride_kh
+    p_v = vp_ptr + i_b * stride_kb + i_kvh * stride_kh
+    p_kn = kn_ptr + i_b * stride_nb + i_kvh * stride_nh
+    p_vn = vn_ptr + i_b * stride_nb + i_kvh * stride_nh
+    for n0 in range(lo, hi, BLOCK_N):
+        o_n = n0 + tl.arange(0, BLOCK_N)
+        m_n = o_n < hi
+        b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+        b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+        b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
+        b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
+        if INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
+            b_ke = tl.load(lut_ptr + (b_kb >> 4)).to(tl.float32)
+            b_ko = tl.load(lut_ptr + (b_kb & 15)).to(tl.float32)
+            b_ve = tl.load(lut_ptr + (b_vb >> 4)).to(tl.float32)
+            b_vo = tl.load(lut_ptr + (b_vb & 15)).to(tl.float32)
+        else:
+            b_ke, b_ko = _dequant_prmt(b_kb, t0, t1, t2, t3, t4, t5, t6, t7)
+            b_ve, b_vo = _dequant_prmt(b_vb, t0, t1, t2, t3, t4, t5, t6, t7)
+        b_sT = (tl.dot(b_ke, b_qeT) + tl.dot(b_ko, b_qoT)) * b_kn[:, None]  # [BN, BM]
+        keep = (o_n[:, None] <= pos_r[None, :]) & m_n[:, None]
+        b_sT = tl.where(keep, b_sT, float("-inf"))
+        # Online softmax down the key axis, in base 2 (log2 e is folded into q); a row with
+        # nothing kept yet subtracts 0 instead of -inf.
+        m_new = tl.maximum(b_m, tl.max(b_sT, 0))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(b_m - m_use)
+        b_pT = tl.exp2(b_sT - m_use[None, :])
+        b_l = b_l * alpha + tl.sum(b_pT, 0)
+        b_pT = b_pT * b_vn[:, None]
+        if not INTERPRET:
+            b_pT = b_pT.to(tl.bfloat16)
+        b_aeT = b_aeT * alpha[None, :] + tl.dot(tl.trans(b_ve), b_pT)
+        b_aoT = b_aoT * alpha[None, :] + tl.dot(tl.trans(b_vo), b_pT)
+        b_m = m_new
+
+    inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)
+    lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+    row = (i_bh * nsplit + i_s) * M_total + o_r
+    tl.store(plse_ptr + row, lse, mask=m_r)
+    tl.store(po_ptr + row[None, :] * D + o_h[:, None], b_aeT * inv_l[None, :], mask=m_r[None, :])
+    tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], b_aoT * inv_l[None, :], mask=m_r[None, :])
+
+
+@triton.jit
 def _tq4_combine_kernel(
     po_ptr, plse_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -419,7 +503,8 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
         raise ValueError(f"tq4_sdpa: all inputs must be on one device, got {sorted(map(str, devices))}")
 
 
-# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit, warps, stages, dense.
+# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit, warps, stages, dense,
+# transposed (decode: the transposed split kernel, else the tile kernel with a split epilogue).
 CONFIG_OVERRIDE: dict | None = None
 # Prefill looks the cache up once into a bf16 scratch of 2 x B x H_kv x S x D (K and V) when that
 # fits here; a long cache (S is its capacity, not kv_len) keeps the fused lookup instead of holding
@@ -440,7 +525,8 @@ def _config(M_total, S, B, H_kv, D, device):
         block_n, sms = 64, _num_sms(device)
         programs = max(2 * sms, sms * H_kv * D // 256)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(programs, B * H_kv)))
-        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False)
+        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False,
+                   transposed=True)
     elif statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
         cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True)
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
@@ -493,13 +579,22 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         )
     else:
         kd = vd = out  # unused
-    wrap_triton(_tq4_attn_kernel)[(triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)](
-        q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out, po, plse, kd, vd,
-        *kstrides, k_norms.stride(0), k_norms.stride(1),
-        *out_strides, Lq, M_total, H_kv, nsplit, S,
-        G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT=nsplit > 1, BLOCK_C=block_c,
-        DENSE=cfg["dense"], INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
-    )
+    grid = (triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)
+    if nsplit > 1 and cfg.get("transposed"):
+        wrap_triton(_tq4_decode_kernel)[grid](
+            q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
+            *kstrides, k_norms.stride(0), k_norms.stride(1), Lq, M_total, H_kv, nsplit,
+            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )
+    else:
+        wrap_triton(_tq4_attn_kernel)[grid](
+            q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out, po, plse, kd, vd,
+            *kstrides, k_norms.stride(0), k_norms.stride(1),
+            *out_strides, Lq, M_total, H_kv, nsplit, S,
+            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT=nsplit > 1, BLOCK_C=block_c,
+            DENSE=cfg["dense"], INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )
     if nsplit > 1:
         wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // 64)](
             po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=16, BLOCK_C=64,
