@@ -522,11 +522,14 @@ def _config(M_total, S, B, H_kv, D, device):
         # registers, 2 CTAs). Splits: at least two programs per SM, and one per SM for every 256
         # bytes of a cache row's K across heads, so each program reads about as many bytes
         # whatever the head layout (qwen3.5-moe 2 x 256 and llama 8 x 128 were both fastest so).
+        # Transposed split kernel (wgmma from shared memory) at head_dim 256 only: on H100 it took
+        # qwen3.5-moe decode 32K/128K from 29.4/81.4 to 27.0/76.6 us, but llama's 8 x 128 heads
+        # from 41.5/137.5 to 46.8/155.1 us (results/attention.md, kernel comparison).
         block_n, sms = 64, _num_sms(device)
         programs = max(2 * sms, sms * H_kv * D // 256)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(programs, B * H_kv)))
         cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False,
-                   transposed=True)
+                   transposed=D >= 256)
     elif statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
         cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True)
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
