@@ -24,7 +24,10 @@ below its id; programs past the last tile return at once. Decode (one token, top
 searchsorted, so the exported program needs no fallback (aten) kernels for it.
 
 Precision: fp32 accumulation; h between the GEMMs is stored in x's dtype (it is the second GEMM's bf16
-operand anyway); the weighted terms y are fp32 at decode and x's dtype at prefill.
+operand anyway), and so are the weighted terms y, summed in fp32. Both at decode and at prefill: a
+token's output must not depend on how many tokens share its call, or a prefill graph compiled for a
+dynamic length (which takes the prefill path) would round differently from the same call run
+eagerly on a short chunk (which takes the decode path).
 
 File order: helpers -> kernels -> launcher (plain function, also runs under TRITON_INTERPRET=1). The
 reference and the op registration live in hybrid_ops.py.
@@ -257,9 +260,9 @@ def moe_experts_triton(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: to
 
     sorted_slots = torch.empty((M,), dtype=torch.int32, device=x.device)
     h = torch.empty((M, inter), dtype=x.dtype, device=x.device)
-    # y holds the 8 weighted terms of each token until the sum: fp32 at decode (64 KB, and it keeps the
-    # sum exact), x's dtype at prefill (halves 2 x 134 MB of traffic at 4096 tokens x top-8).
-    y = torch.empty((M, H), dtype=torch.float32 if decode else x.dtype, device=x.device)
+    # y holds the 8 weighted terms of each token until the sum, in x's dtype on both paths (see the
+    # module docstring; it also halves 2 x 134 MB of traffic at 4096 tokens x top-8).
+    y = torch.empty((M, H), dtype=x.dtype, device=x.device)
     out = torch.empty((N, H), dtype=x.dtype, device=x.device)
 
     if decode:  # one launch instead of a zero fill and two kernels: decode is launch-bound here

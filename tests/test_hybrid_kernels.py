@@ -222,6 +222,22 @@ def test_moe_experts_matches_reference(N, H, I, E, top_k):
     assert rel <= 1.5e-2 and rms <= 5e-3
 
 
+def check_moe_rows_independent_of_call_size(device, H, I, E):
+    """A token's output must not depend on how many tokens share the call: 4 tokens x top-8 take the
+    small (decode) path, the same 4 among 40 the prefill path; bit for bit the same rows. (A prefill
+    graph compiled for a dynamic length takes the prefill path where eager, on a short chunk, took
+    the decode path.)"""
+    x, ids, w, gate_up, down = moe_args(40, H, I, E, 8, device=device, seed=3)
+    small = moe_experts_triton(x[:4], ids[:4], w[:4], gate_up, down)
+    large = moe_experts_triton(x, ids, w, gate_up, down)
+    assert torch.equal(small, large[:4]), f"{int((small != large[:4]).sum())} of {small.numel()} values differ"
+
+
+@interpreted
+def test_moe_rows_independent_of_call_size():
+    check_moe_rows_independent_of_call_size("cpu", 64, 32, 16)
+
+
 @interpreted
 def test_moe_int32_ids_and_all_tokens_on_one_expert():
     x, ids, w, gate_up, down = moe_args(33, 32, 16, 4, 2, seed=6)
@@ -409,6 +425,12 @@ def test_gpu_causal_conv1d_matches_reference(B, T, C, K):
     ref_out, ref_state = causal_conv1d_ref(*args, True)
     _, rel, _ = errors(f"gpu conv T={T} C={C}", out, ref_out)
     assert rel <= 8e-3 and torch.equal(state, ref_state)  # fast exp in SiLU may flip a rounding
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,I,E", [(64, 32, 8), (2048, 512, 256)])  # the tiny model's, the real one's
+def test_gpu_moe_rows_independent_of_call_size(H, I, E):
+    check_moe_rows_independent_of_call_size("cuda", H, I, E)
 
 
 @pytest.mark.gpu
