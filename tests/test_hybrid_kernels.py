@@ -218,7 +218,7 @@ def test_moe_experts_matches_reference(N, H, I, E, top_k):
     args = moe_args(N, H, I, E, top_k)
     out = moe_experts_triton(*args)
     _, rel, rms = errors(f"moe N={N} E={E} k={top_k}", out, moe_experts_ref(*args))
-    # h (the GEMM operand between the two GEMMs) is bf16, and at prefill so is each weighted term.
+    # h (the GEMM operand between the two GEMMs) is bf16, and so is each weighted term.
     assert rel <= 1.5e-2 and rms <= 5e-3
 
 
