@@ -518,18 +518,15 @@ def _config(M_total, S, B, H_kv, D, device):
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
-        # One pipeline stage keeps the kernel at 168 registers, 3 CTAs per SM (two stages: 214
-        # registers, 2 CTAs). Splits: at least two programs per SM, and one per SM for every 256
-        # bytes of a cache row's K across heads, so each program reads about as many bytes
-        # whatever the head layout (qwen3.5-moe 2 x 256 and llama 8 x 128 were both fastest so).
-        # Transposed split kernel (wgmma from shared memory) at head_dim 256 only: on H100 it took
-        # qwen3.5-moe decode 32K/128K from 29.4/81.4 to 27.0/76.6 us, but llama's 8 x 128 heads
-        # from 41.5/137.5 to 46.8/155.1 us (results/attention.md, kernel comparison).
-        block_n, sms = 64, _num_sms(device)
-        programs = max(2 * sms, sms * H_kv * D // 256)
-        nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(programs, B * H_kv)))
+        # The transposed split kernel (scores as K q^T: the keys are wgmma's M, read from shared
+        # memory), with one pipeline stage, 4 warps, 64-key tiles at head_dim 256 (registers) and
+        # 128-key tiles below, and two programs per SM: the fastest of 64 launch configs per case
+        # on H100 for both qwen3.5-moe (2 x 256) and llama (8 x 128) heads at 4K-128K
+        # (scripts/bench_attention.py --sweep --only decode; results/attention.md).
+        block_n, sms = (64 if D >= 256 else 128), _num_sms(device)
+        nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(2 * sms, B * H_kv)))
         cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False,
-                   transposed=D >= 256)
+                   transposed=True)
     elif statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
         cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True)
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
