@@ -15,10 +15,13 @@ value, no memory access); a gather from a table in memory ran 3x slower. Two mor
   * norms scale the [M, N] score / probability tiles, never the [N, D] K / V tiles.
 
 Decode (one query row per head) splits the KV sequence over CTAs (flash-decoding) and a second
-kernel merges the partial results and rotates them back; prefill tiles queries with GQA packing (one tile holds G query
-heads x BLOCK_M/G positions that share one KV head, so each K/V tile is unpacked once per tile).
-Prefill's query tiles all read the same cache rows: when the bf16 copy is small (a short cache), a
-first kernel looks every row up once into a scratch buffer and the tiles read that instead.
+kernel merges the partial results and rotates them back. Its kernel computes the tiles transposed
+(K q^T, V^T P^T: keys and coordinates as the MMA rows), so sm_90 runs wgmma from shared memory
+instead of mma.sync fed through register shuffles. Prefill tiles queries with GQA packing (one tile
+holds G query heads x BLOCK_M/G positions that share one KV head, so each K/V tile is unpacked once
+per tile). Prefill's query tiles all read the same cache rows: when the bf16 copy is small (a short
+cache), a first kernel looks every row up once, norms folded in, into a scratch buffer; the tiles
+read that instead, and those left of the diagonal skip the causal mask.
 kv_len is read on the device: no host sync, CUDA-graph safe, and the loops stop at kv_len and at
 the causal bound, never visiting empty cache.
 
