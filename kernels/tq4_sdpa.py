@@ -152,6 +152,20 @@ def _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7):
 
 
 @triton.jit
+def _lookup_table(tab_ptr):
+    """The eight 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from."""
+    return (tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3),
+            tl.load(tab_ptr + 4), tl.load(tab_ptr + 5), tl.load(tab_ptr + 6), tl.load(tab_ptr + 7))
+
+
+@triton.jit
+def _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh, stride_nb, stride_nh):
+    """One (batch, KV head)'s packed K / V rows and their norms."""
+    return (kp_ptr + i_b * stride_kb + i_kvh * stride_kh, vp_ptr + i_b * stride_kb + i_kvh * stride_kh,
+            kn_ptr + i_b * stride_nb + i_kvh * stride_nh, vn_ptr + i_b * stride_nb + i_kvh * stride_nh)
+
+
+@triton.jit
 def _tq4_dequant_kernel(
     kp_ptr, vp_ptr, kn_ptr, vn_ptr, lut_ptr, tab_ptr, kv_len_ptr, kd_ptr, vd_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, H_kv, S,
@@ -170,8 +184,7 @@ def _tq4_dequant_kernel(
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < kv_len
         o_h = tl.arange(0, HALF)
-        t0, t1, t2, t3 = tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3)
-        t4, t5, t6, t7 = tl.load(tab_ptr + 4), tl.load(tab_ptr + 5), tl.load(tab_ptr + 6), tl.load(tab_ptr + 7)
+        t0, t1, t2, t3, t4, t5, t6, t7 = _lookup_table(tab_ptr)
         src = i_b * stride_kb + i_kvh * stride_kh + o_n[:, None] * stride_ks + o_h[None, :]
         p_norm = i_b * stride_nb + i_kvh * stride_nh + o_n
         dst = (i_bh.to(tl.int64) * S + o_n[:, None]) * D + o_h[None, :]
@@ -197,6 +210,22 @@ def _scratch_tile(p_rows, o_n, m_n, o_h, D: tl.constexpr, INTERPRET: tl.constexp
     if INTERPRET:
         b_e, b_o = b_e.to(tl.float32), b_o.to(tl.float32)
     return b_e, b_o
+
+
+@triton.jit
+def _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """Query tile i_m's packed rows (r = position * G + head), their mask and absolute positions,
+    and split i_s's key range [lo, hi): up to the tile's last position (keys past it are masked for
+    every row), cut into nsplit chunks of whole BLOCK_N tiles."""
+    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_r = o_r < M_total
+    pos_r = kv_len - Lq + o_r // G
+    last = kv_len - Lq + (tl.minimum(i_m * BLOCK_M + BLOCK_M, M_total) - 1) // G
+    chunk = tl.cdiv(tl.cdiv(kv_len, nsplit), BLOCK_N) * BLOCK_N
+    lo = i_s * chunk
+    hi = tl.minimum(tl.minimum(kv_len, last + 1), lo + chunk)
+    return o_r, m_r, pos_r, lo, hi
 
 
 @triton.jit
@@ -271,14 +300,7 @@ def _tq4_attn_kernel(
     i_m = tl.num_programs(0) - 1 - i_m
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
 
-    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows: r = position * G + head
-    m_r = o_r < M_total
-    pos_r = kv_len - Lq + o_r // G  # absolute position of each query row
-    last = kv_len - Lq + (tl.minimum(i_m * BLOCK_M + BLOCK_M, M_total) - 1) // G
-    hi = tl.minimum(kv_len, last + 1)  # keys past this are masked for every row of the tile
-    chunk = tl.cdiv(tl.cdiv(kv_len, nsplit), BLOCK_N) * BLOCK_N
-    lo = i_s * chunk
-    hi = tl.minimum(hi, lo + chunk)
+    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G, BLOCK_M, BLOCK_N)
 
     o_h = tl.arange(0, HALF)
     p_q = qr_ptr + (i_bh * M_total + o_r)[:, None] * D
@@ -286,19 +308,16 @@ def _tq4_attn_kernel(
     b_qo = tl.load(p_q + 2 * o_h[None, :] + 1, mask=m_r[:, None], other=0.0)  # odd coords
     if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
         b_qe, b_qo = b_qe.to(tl.float32), b_qo.to(tl.float32)
-    t0, t1, t2, t3 = tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3)
-    t4, t5, t6, t7 = tl.load(tab_ptr + 4), tl.load(tab_ptr + 5), tl.load(tab_ptr + 6), tl.load(tab_ptr + 7)
+    t0, t1, t2, t3, t4, t5, t6, t7 = _lookup_table(tab_ptr)
 
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_ae = tl.zeros([BLOCK_M, HALF], tl.float32)
     b_ao = tl.zeros([BLOCK_M, HALF], tl.float32)
-    p_k = kp_ptr + i_b * stride_kb + i_kvh * stride_kh
-    p_v = vp_ptr + i_b * stride_kb + i_kvh * stride_kh
-    p_kn = kn_ptr + i_b * stride_nb + i_kvh * stride_nh
+    p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
+                                      stride_kb, stride_kh, stride_nb, stride_nh)
     p_kd = kd_ptr + i_bh.to(tl.int64) * S * D
     p_vd = vd_ptr + i_bh.to(tl.int64) * S * D
-    p_vn = vn_ptr + i_b * stride_nb + i_kvh * stride_nh
     # Tiles wholly at or before the tile's first query position (and inside [lo, hi)) need no
     # mask: in causal prefill, every tile left of the diagonal. Only the scratch path splits the
     # loop: compiled for sm_90 its step drops from 985 to 490 instructions (and 255 to 229
@@ -350,14 +369,7 @@ def _tq4_decode_kernel(
     i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
-    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows: r = position * G + head
-    m_r = o_r < M_total
-    pos_r = kv_len - Lq + o_r // G
-    last = kv_len - Lq + (tl.minimum(i_m * BLOCK_M + BLOCK_M, M_total) - 1) // G
-    hi = tl.minimum(kv_len, last + 1)
-    chunk = tl.cdiv(tl.cdiv(kv_len, nsplit), BLOCK_N) * BLOCK_N
-    lo = i_s * chunk
-    hi = tl.minimum(hi, lo + chunk)
+    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G, BLOCK_M, BLOCK_N)
 
     o_h = tl.arange(0, HALF)
     p_q = qr_ptr + (i_bh * M_total + o_r)[None, :] * D
@@ -365,16 +377,13 @@ def _tq4_decode_kernel(
     b_qoT = tl.load(p_q + 2 * o_h[:, None] + 1, mask=m_r[None, :], other=0.0)  # odd coords
     if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
         b_qeT, b_qoT = b_qeT.to(tl.float32), b_qoT.to(tl.float32)
-    t0, t1, t2, t3 = tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3)
-    t4, t5, t6, t7 = tl.load(tab_ptr + 4), tl.load(tab_ptr + 5), tl.load(tab_ptr + 6), tl.load(tab_ptr + 7)
+    t0, t1, t2, t3, t4, t5, t6, t7 = _lookup_table(tab_ptr)
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
     b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
-    p_k = kp_ptr + i_b * stride_kb + i_kvh * stride_kh
-    p_v = vp_ptr + i_b * stride_kb + i_kvh * stride_kh
-    p_kn = kn_ptr + i_b * stride_nb + i_kvh * stride_nh
-    p_vn = vn_ptr + i_b * stride_nb + i_kvh * stride_nh
+    p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
+                                      stride_kb, stride_kh, stride_nb, stride_nh)
     for n0 in range(lo, hi, BLOCK_N):
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < hi
