@@ -27,9 +27,9 @@ scripts/dev_env.sh).
    the seeded prompt (of --prompt-tries) whose eager path has the widest top-2 logit gaps: a route
    passes when it gives eager's tokens, or when, fed eager's tokens (teacher forcing), it differs
    only at steps where eager scored its token within 4 bf16 ulps of the top one. After the
-   teacher-forced run, each compiled route's caches and recurrent states are compared bit for bit
-   with those of `ep.module()` fed the same tokens (reported, not gating): equal states put any
-   difference in tokens after the cache, in the logits. Also
+   teacher-forced run, and again right after prefill, each compiled route's caches and recurrent
+   states are compared bit for bit with those of `ep.module()` fed the same tokens (reported, not
+   gating): equal states put any difference in tokens after the cache, in the logits. Also
    reported, not gating: chunked prefill (3 + 3 + 1 tokens, so T = 1 runs through prefill),
    temperature sampling against the eager sampler on eager logits, and the sampler compiled by
    Inductor against eager (bit-exact expected).
@@ -433,11 +433,17 @@ def compare(variant: str, ckpt: Path, workdir: Path, steps: int, route: str) -> 
                 result[f"{name}_greedy_forced_match"] = f"{steps - len(wrong)}/{steps}"
                 if name != "ep" and "state" in run:
                     # The caches and recurrent states the route wrote, against the exported graph
-                    # run eagerly on the same tokens: where does a difference start?
+                    # run eagerly on the same tokens: where does a difference start? Once after
+                    # the whole teacher-forced run, once right after prefill (decaying recurrent
+                    # states can round a prefill difference away over the decode steps).
                     got = {fqn: t.clone() for fqn, t in run["state"]().items()}
                     ep_run = ep_runners(on_device(), shared)
                     generate(ep_run, prompt, steps, 0.0, 0, forced=want)
                     result[f"{name}_state_differs_from_ep"] = state_differences(got, ep_run["state"]())
+                    generate(run, prompt, 1, 0.0, 0)  # prefill only
+                    got = {fqn: t.clone() for fqn, t in run["state"]().items()}
+                    generate(ep_run, prompt, 1, 0.0, 0)
+                    result[f"{name}_prefill_state_differs_from_ep"] = state_differences(got, ep_run["state"]())
                     result[f"{name}_state_buffers"] = len(shared)
                 result[f"{name}_near_tie_flips"] = ties
                 # Exact free-running agreement, or every disagreement (teacher-forced) at a near-tie.
