@@ -283,24 +283,24 @@ def _attn_tile(n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, 
 @triton.jit
 def _tq4_attn_kernel(
     qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, rot_ptr, kv_len_ptr,
-    out_ptr, po_ptr, plse_ptr, kd_ptr, vd_ptr,
+    out_ptr, kd_ptr, vd_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh,
     stride_ob, stride_oh, stride_ol,
-    Lq, M_total, H_kv, nsplit, S,
+    Lq, M_total, H_kv, S,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, BLOCK_C: tl.constexpr, DENSE: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_C: tl.constexpr, DENSE: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Flash attention of the rotated queries over the cache, split over `nsplit` programs per row
-    tile when SPLIT. DENSE: read K/V codebook values from kd/vd ([B*H_kv, S, D] bf16, [even | odd]
+    """Flash attention of the rotated queries over the cache, one program per query tile, output
+    rotated back. DENSE: read K/V codebook values from kd/vd ([B*H_kv, S, D] bf16, [even | odd]
     columns, written by _tq4_dequant_kernel) instead of looking them up here."""
     HALF: tl.constexpr = D // 2
-    i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m, i_bh = tl.program_id(0), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     # Causal prefill tiles further down the sequence do more work: launch them first.
     i_m = tl.num_programs(0) - 1 - i_m
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
 
-    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G, BLOCK_M, BLOCK_N)
+    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, 0, kv_len, Lq, M_total, 1, G, BLOCK_M, BLOCK_N)
 
     o_h = tl.arange(0, HALF)
     p_q = qr_ptr + (i_bh * M_total + o_r)[:, None] * D
@@ -338,16 +338,9 @@ def _tq4_attn_kernel(
     # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
     inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)
     b_ae, b_ao = b_ae * inv_l[:, None], b_ao * inv_l[:, None]
-    if not SPLIT:
-        for c0 in tl.static_range(0, D, BLOCK_C):
-            _unrotate_store(b_ae, b_ao, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
-                            stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
-    else:
-        lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
-        row = (i_bh * nsplit + i_s) * M_total + o_r
-        tl.store(plse_ptr + row, lse, mask=m_r)
-        tl.store(po_ptr + row[:, None] * D + o_h[None, :], b_ae, mask=m_r[:, None])
-        tl.store(po_ptr + row[:, None] * D + HALF + o_h[None, :], b_ao, mask=m_r[:, None])
+    for c0 in tl.static_range(0, D, BLOCK_C):
+        _unrotate_store(b_ae, b_ao, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
+                        stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
 
 
 @triton.jit
@@ -515,8 +508,8 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
         raise ValueError(f"tq4_sdpa: all inputs must be on one device, got {sorted(map(str, devices))}")
 
 
-# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit, warps, stages, dense,
-# transposed (decode: the transposed split kernel, else the tile kernel with a split epilogue).
+# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit (> 1: the split-K
+# decode kernel, else the tile kernel), warps, stages, dense.
 CONFIG_OVERRIDE: dict | None = None
 # Prefill looks the cache up once into a bf16 scratch of 2 x B x H_kv x S x D (K and V) when that
 # fits here; a long cache (S is its capacity, not kv_len) keeps the fused lookup instead of holding
@@ -530,15 +523,15 @@ def _config(M_total, S, B, H_kv, D, device):
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
-        # The transposed split kernel (scores as K q^T: the keys are wgmma's M, read from shared
-        # memory), with one pipeline stage, 4 warps, 64-key tiles at head_dim 256 (registers) and
-        # 128-key tiles below, and two programs per SM: the fastest of 64 launch configs per case
-        # on H100 for both qwen3.5-moe (2 x 256) and llama (8 x 128) heads at 4K-128K
-        # (scripts/bench_attention.py --sweep --only decode; results/attention.md).
+        # The split kernel (computed transposed: the keys are wgmma's M, read from shared memory)
+        # with one pipeline stage, 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key
+        # tiles below, and two programs per SM: the fastest of 64 launch configs per case on H100
+        # for both qwen3.5-moe (2 x 256) and llama (8 x 128) heads at 4K-128K, against the tile
+        # kernel with a split epilogue too, since removed (scripts/bench_attention.py --sweep
+        # --only decode; results/attention.md).
         block_n, sms = (64 if D >= 256 else 128), _num_sms(device)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(2 * sms, B * H_kv)))
-        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False,
-                   transposed=True)
+        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False)
     elif statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
         cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True)
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
@@ -574,11 +567,6 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         q, rot, q_rot, centroids, lut, tab, q.stride(0), q.stride(1), q.stride(2),
         M_total, H_kv, scale * LOG2E, G=G, D=D, BLOCK_M=32, BLOCK_C=block_c, num_warps=4,
     )
-    if nsplit > 1:
-        po = torch.empty((B * H_kv * nsplit * M_total, D), dtype=torch.float32, device=dev)
-        plse = torch.empty((B * H_kv * nsplit * M_total,), dtype=torch.float32, device=dev)
-    else:
-        po = plse = out  # unused: the kernel's epilogue rotates back and stores the output
     S = k_packed.shape[2]
     kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
     if cfg["dense"]:  # every query tile reads the rows: look each one up once, into bf16
@@ -592,25 +580,26 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     else:
         kd = vd = out  # unused
     grid = (triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)
-    if nsplit > 1 and cfg.get("transposed"):
+    if nsplit > 1:  # split-K: partial outputs and their log-sum-exps, then one merge that rotates back
+        po = torch.empty((B * H_kv * nsplit * M_total, D), dtype=torch.float32, device=dev)
+        plse = torch.empty((B * H_kv * nsplit * M_total,), dtype=torch.float32, device=dev)
         wrap_triton(_tq4_decode_kernel)[grid](
             q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
             *kstrides, k_norms.stride(0), k_norms.stride(1), Lq, M_total, H_kv, nsplit,
             G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
             num_warps=cfg["warps"], num_stages=cfg["stages"],
         )
-    else:
-        wrap_triton(_tq4_attn_kernel)[grid](
-            q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out, po, plse, kd, vd,
-            *kstrides, k_norms.stride(0), k_norms.stride(1),
-            *out_strides, Lq, M_total, H_kv, nsplit, S,
-            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT=nsplit > 1, BLOCK_C=block_c,
-            DENSE=cfg["dense"], INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
-        )
-    if nsplit > 1:
         wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // 64)](
             po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=16, BLOCK_C=64,
             num_warps=4,
+        )
+    else:  # one program per query tile; its epilogue rotates back and stores the output
+        wrap_triton(_tq4_attn_kernel)[grid](
+            q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out, kd, vd,
+            *kstrides, k_norms.stride(0), k_norms.stride(1),
+            *out_strides, Lq, M_total, H_kv, S,
+            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_C=block_c,
+            DENSE=cfg["dense"], INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
         )
     return out
 

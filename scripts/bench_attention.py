@@ -96,10 +96,9 @@ def sweep(only: str | None = None):
             _, _, _, args = make_inputs(h_q, h_kv, d, lq, ctx)
             # Compiles dominate the sweep's time: the spaces hold what earlier sweeps left open.
             if kind == "decode":
-                space = [dict(block_m=16, block_n=bn, warps=w, stages=st, transposed=tr,
+                space = [dict(block_m=16, block_n=bn, warps=w, stages=st,
                               nsplit=min(_triton.cdiv(ctx, bn), _triton.cdiv(mult * sms, h_kv)))
-                         for mult, bn, w, st, tr in itertools.product((1, 2, 3, 4), (64, 128), (4, 8), (1, 2),
-                                                                      (True, False))]
+                         for mult, bn, w, st in itertools.product((1, 2, 3, 4), (64, 128), (4, 8), (1, 2))]
             else:
                 space = [dict(block_m=128, block_n=bn, warps=8, stages=st, nsplit=1, dense=dn)
                          for bn, st, dn in itertools.product((32, 64), (1, 2), (True, False))]
