@@ -54,12 +54,15 @@ def _rotate_q_kernel(
     stride_qb, stride_qh, stride_ql,
     M_total, H_kv, qk_scale,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """q_rot[b, kvh, r, c-chunk] = q[b, kvh*G + r%G, r//G, :] @ R[c-chunk, :]^T * qk_scale  (bf16).
 
-    Rows are GQA-packed (r = position * G + head). One program per column chunk keeps the read of R
-    spread over many SMs. Program (0, 0, 0) also writes the codebook in the two forms the attention
-    loop reads (no extra launch): the bf16 LUT, and the byte tables of `_dequant_prmt`.
+    Rows are GQA-packed (r = position * G + head). A tiled matmul: prefill's [BM, D] query tiles
+    are read D/BC times and R's rows once per tile, both through a pipelined loop over D; bf16
+    operands with fp32 accumulation (the result is stored bf16 anyway). Program (0, 0, 0) also
+    writes the codebook in the two forms the attention loop reads (no extra launch): the bf16
+    LUT, and the byte tables of `_dequant_prmt`.
     """
     i_m, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
@@ -76,13 +79,20 @@ def _rotate_q_kernel(
         tl.store(tab_ptr + 4 + o_w, tl.sum(tl.reshape(bits >> 8, (4, 4)) << shift, 1))
     o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_r = o_r < M_total
-    o_d = tl.arange(0, D)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     p_q = (q_ptr + i_b * stride_qb + (i_kvh * G + o_r % G)[:, None] * stride_qh
-           + (o_r // G)[:, None] * stride_ql + o_d[None, :])
-    b_q = tl.load(p_q, mask=m_r[:, None], other=0.0).to(tl.float32)  # [BM, D]
-    b_r = tl.load(rot_ptr + o_c[:, None] * D + o_d[None, :])  # [BC, D] rows of R
-    b_o = tl.dot(b_q, tl.trans(b_r)) * qk_scale  # [BM, BC]
+           + (o_r // G)[:, None] * stride_ql)
+    b_o = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        b_q = tl.load(p_q + o_k[None, :], mask=m_r[:, None], other=0.0)  # [BM, BK]
+        b_r = tl.load(rot_ptr + o_c[:, None] * D + o_k[None, :])  # [BC, BK] rows of R
+        if INTERPRET:  # the interpreter's bf16 dot is wrong
+            b_q = b_q.to(tl.float32)
+        else:
+            b_r = b_r.to(tl.bfloat16)
+        b_o += tl.dot(b_q, tl.trans(b_r))
+    b_o = b_o * qk_scale
     tl.store(qr_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o.to(tl.bfloat16),
              mask=m_r[:, None])
 
@@ -509,7 +519,9 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
 
 
 # Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit (> 1: the split-K
-# decode kernel, else the tile kernel), warps, stages, dense.
+# decode kernel, else the tile kernel), warps, stages, dense, rotate (rows, columns, reduction
+# chunk, warps of the query rotation) and combine (splits per step, columns, warps, stages of the
+# split merge).
 CONFIG_OVERRIDE: dict | None = None
 # Prefill looks the cache up once into a bf16 scratch of 2 x B x H_kv x S x D (K and V) when that
 # fits here; a long cache (S is its capacity, not kv_len) keeps the fused lookup instead of holding
@@ -531,13 +543,23 @@ def _config(M_total, S, B, H_kv, D, device):
         # --only decode; results/attention.md).
         block_n, sms = (64 if D >= 256 else 128), _num_sms(device)
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(2 * sms, B * H_kv)))
-        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False)
+        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False,
+                   rotate=(16, 32, 64, 4), combine=(16, 64, 4, 1))
     elif statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
-        cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True)
+        cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True, rotate=(128, 128, 64, 8))
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
-        cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=False)
+        cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=False,
+                   rotate=(128, 128, 64, 8))
     cfg.update(CONFIG_OVERRIDE or {})
+    # The query rotation's (rows, output columns, reduction chunk, warps): a matmul tile per program.
+    rm, rc, rk, rw = cfg["rotate"]
+    cfg["rotate"] = (rm, min(rc, D), min(rk, D), rw)
     return cfg
+
+
+def _maxnreg(cfg):
+    """Launch option capping registers per thread (more programs per SM), when the config sets one."""
+    return {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
 
 
 def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len, scale=None):
@@ -563,9 +585,11 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     out = torch.empty((B, H_q, Lq, D), dtype=torch.bfloat16, device=dev)
     out_strides = (out.stride(0), out.stride(1), out.stride(2))
 
-    wrap_triton(_rotate_q_kernel)[(triton.cdiv(M_total, 32), B * H_kv, D // block_c)](
+    rm, rc, rk, rw = cfg["rotate"]
+    wrap_triton(_rotate_q_kernel)[(triton.cdiv(M_total, rm), B * H_kv, D // rc)](
         q, rot, q_rot, centroids, lut, tab, q.stride(0), q.stride(1), q.stride(2),
-        M_total, H_kv, scale * LOG2E, G=G, D=D, BLOCK_M=32, BLOCK_C=block_c, num_warps=4,
+        M_total, H_kv, scale * LOG2E, G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, BLOCK_K=rk,
+        INTERPRET=interpret, num_warps=rw, num_stages=3,
     )
     S = k_packed.shape[2]
     kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
@@ -587,11 +611,12 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
             q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
             *kstrides, k_norms.stride(0), k_norms.stride(1), Lq, M_total, H_kv, nsplit,
             G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
-            num_warps=cfg["warps"], num_stages=cfg["stages"],
+            num_warps=cfg["warps"], num_stages=cfg["stages"], **_maxnreg(cfg),
         )
-        wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // 64)](
-            po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=16, BLOCK_C=64,
-            num_warps=4,
+        cs, cc, cw, cst = cfg["combine"]
+        wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
+            po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=cs, BLOCK_C=cc,
+            num_warps=cw, num_stages=cst,
         )
     else:  # one program per query tile; its epilogue rotates back and stores the output
         wrap_triton(_tq4_attn_kernel)[grid](
