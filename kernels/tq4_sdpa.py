@@ -54,19 +54,19 @@ def _rotate_q_kernel(
     stride_qb, stride_qh, stride_ql,
     M_total, H_kv, qk_scale,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_K: tl.constexpr, INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """q_rot[b, kvh, r, c-chunk] = q[b, kvh*G + r%G, r//G, :] @ R[c-chunk, :]^T * qk_scale  (bf16).
 
-    Rows are GQA-packed (r = position * G + head). A tiled matmul: prefill's [BM, D] query tiles
-    are read D/BC times and R's rows once per tile, both through a pipelined loop over D; bf16
-    operands with fp32 accumulation (the result is stored bf16 anyway). Program (0, 0, 0) also
-    writes the codebook in the two forms the attention loop reads (no extra launch): the bf16
-    LUT, and the byte tables of `_dequant_prmt`.
+    Rows are GQA-packed (r = position * G + head). Each program reads its chunk of R's rows once
+    and walks row tiles i_m, i_m + num_programs(0), ... (a persistent grid for prefill's tall
+    query, so R is not re-read per tile); bf16 operands with fp32 accumulation (the result is
+    stored bf16 anyway). Program (0, 0, 0) also writes the codebook in the two forms the
+    attention loop reads (no extra launch): the bf16 LUT, and the byte tables of `_dequant_prmt`.
     """
-    i_m, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m0, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
-    if i_m == 0 and i_bh == 0 and i_c == 0:
+    if i_m0 == 0 and i_bh == 0 and i_c == 0:
         o_l = tl.arange(0, 16)
         b_c = tl.load(cent_ptr + o_l).to(tl.bfloat16)
         tl.store(lut_ptr + o_l, b_c)
@@ -77,36 +77,39 @@ def _rotate_q_kernel(
         o_w = tl.arange(0, 4)
         tl.store(tab_ptr + o_w, tl.sum(tl.reshape(bits & 0xFF, (4, 4)) << shift, 1))
         tl.store(tab_ptr + 4 + o_w, tl.sum(tl.reshape(bits >> 8, (4, 4)) << shift, 1))
-    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_r = o_r < M_total
+    o_d = tl.arange(0, D)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_q = (q_ptr + i_b * stride_qb + (i_kvh * G + o_r % G)[:, None] * stride_qh
-           + (o_r // G)[:, None] * stride_ql)
-    b_o = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        b_q = tl.load(p_q + o_k[None, :], mask=m_r[:, None], other=0.0)  # [BM, BK]
-        b_r = tl.load(rot_ptr + o_c[:, None] * D + o_k[None, :])  # [BC, BK] rows of R
-        if INTERPRET:  # the interpreter's bf16 dot is wrong
+    b_r = tl.load(rot_ptr + o_c[:, None] * D + o_d[None, :])  # [BC, D] rows of R
+    if not INTERPRET:  # (the interpreter's bf16 dot is wrong)
+        b_r = b_r.to(tl.bfloat16)
+    for i_m in range(i_m0, tl.cdiv(M_total, BLOCK_M), tl.num_programs(0)):
+        o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_r = o_r < M_total
+        p_q = (q_ptr + i_b * stride_qb + (i_kvh * G + o_r % G)[:, None] * stride_qh
+               + (o_r // G)[:, None] * stride_ql + o_d[None, :])
+        b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [BM, D]
+        if INTERPRET:
             b_q = b_q.to(tl.float32)
-        else:
-            b_r = b_r.to(tl.bfloat16)
-        b_o += tl.dot(b_q, tl.trans(b_r))
-    b_o = b_o * qk_scale
-    tl.store(qr_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o.to(tl.bfloat16),
-             mask=m_r[:, None])
+        b_o = tl.dot(b_q, tl.trans(b_r)) * qk_scale  # [BM, BC]
+        tl.store(qr_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o.to(tl.bfloat16),
+                 mask=m_r[:, None])
 
 
 @triton.jit
 def _unrotate_store(b_oe, b_oo, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
                     stride_ob, stride_oh, stride_ol,
-                    G: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Columns [c0, c0 + BC) of ([o_even | o_odd] interleaved) @ R, stored bf16 to [B, H_q, L_q, D]."""
+                    G: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr):
+    """Columns [c0, c0 + BC) of ([o_even | o_odd] interleaved) @ R, stored bf16 to [B, H_q, L_q, D].
+    bf16 operands, fp32 accumulation: the output is bf16, and tf32 made this epilogue ~25 us of
+    prefill 4096 on H100 (qwen3.5-moe shape)."""
     HALF: tl.constexpr = D // 2
     o_h = tl.arange(0, HALF)
     o_c = c0 + tl.arange(0, BLOCK_C)
     b_re = tl.load(rot_ptr + (2 * o_h)[:, None] * D + o_c[None, :])  # [D/2, BC] even rows of R
     b_ro = tl.load(rot_ptr + (2 * o_h + 1)[:, None] * D + o_c[None, :])  # odd rows
+    if not INTERPRET:  # (the interpreter's bf16 dot is wrong)
+        b_re, b_ro = b_re.to(tl.bfloat16), b_ro.to(tl.bfloat16)
+        b_oe, b_oo = b_oe.to(tl.bfloat16), b_oo.to(tl.bfloat16)
     b_o = tl.dot(b_oe, b_re) + tl.dot(b_oo, b_ro)  # [BM, BC]
     p_out = (out_ptr + i_b * stride_ob + (i_kvh * G + o_r % G)[:, None] * stride_oh
              + (o_r // G)[:, None] * stride_ol + o_c[None, :])
@@ -350,7 +353,7 @@ def _tq4_attn_kernel(
     b_ae, b_ao = b_ae * inv_l[:, None], b_ao * inv_l[:, None]
     for c0 in tl.static_range(0, D, BLOCK_C):
         _unrotate_store(b_ae, b_ao, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
-                        stride_ob, stride_oh, stride_ol, G, D, BLOCK_C)
+                        stride_ob, stride_oh, stride_ol, G, D, BLOCK_C, INTERPRET)
 
 
 @triton.jit
@@ -519,9 +522,9 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
 
 
 # Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit (> 1: the split-K
-# decode kernel, else the tile kernel), warps, stages, dense, rotate (rows, columns, reduction
-# chunk, warps of the query rotation) and combine (splits per step, columns, warps, stages of the
-# split merge).
+# decode kernel, else the tile kernel), warps, stages, dense, rotate (rows, columns, programs per
+# column chunk, warps of the query rotation) and combine (splits per step, columns, warps, stages
+# of the split merge).
 CONFIG_OVERRIDE: dict | None = None
 # Prefill looks the cache up once into a bf16 scratch of 2 x B x H_kv x S x D (K and V) when that
 # fits here; a long cache (S is its capacity, not kv_len) keeps the fused lookup instead of holding
@@ -534,6 +537,7 @@ def _config(M_total, S, B, H_kv, D, device):
     sequence over many programs; prefill packs the GQA group into tall query tiles."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+    sms = _num_sms(device)
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are wgmma's M, read from shared memory)
         # with one pipeline stage, 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key
@@ -541,25 +545,18 @@ def _config(M_total, S, B, H_kv, D, device):
         # for both qwen3.5-moe (2 x 256) and llama (8 x 128) heads at 4K-128K, against the tile
         # kernel with a split epilogue too, since removed (scripts/bench_attention.py --sweep
         # --only decode; results/attention.md).
-        block_n, sms = (64 if D >= 256 else 128), _num_sms(device)
+        block_n = 64 if D >= 256 else 128
         nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(2 * sms, B * H_kv)))
-        cfg = dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False,
-                   rotate=(16, 32, 64, 4), combine=(16, 64, 4, 1))
-    elif statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
-        cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True, rotate=(128, 128, 64, 8))
+        return dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False,
+                    rotate=(16, 32, 1, 4), combine=(16, 64, 4, 1)) | (CONFIG_OVERRIDE or {})
+    # Prefill's query rotation: 128 x 128 tiles, one persistent program per SM (H100 sweep).
+    rotate = (128, min(128, D), triton.cdiv(sms, B * H_kv * max(1, D // 128)), 8)
+    if statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
+        cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True, rotate=rotate)
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
         cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=False,
-                   rotate=(128, 128, 64, 8))
-    cfg.update(CONFIG_OVERRIDE or {})
-    # The query rotation's (rows, output columns, reduction chunk, warps): a matmul tile per program.
-    rm, rc, rk, rw = cfg["rotate"]
-    cfg["rotate"] = (rm, min(rc, D), min(rk, D), rw)
-    return cfg
-
-
-def _maxnreg(cfg):
-    """Launch option capping registers per thread (more programs per SM), when the config sets one."""
-    return {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
+                   rotate=rotate)
+    return cfg | (CONFIG_OVERRIDE or {})
 
 
 def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len, scale=None):
@@ -585,11 +582,11 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     out = torch.empty((B, H_q, Lq, D), dtype=torch.bfloat16, device=dev)
     out_strides = (out.stride(0), out.stride(1), out.stride(2))
 
-    rm, rc, rk, rw = cfg["rotate"]
-    wrap_triton(_rotate_q_kernel)[(triton.cdiv(M_total, rm), B * H_kv, D // rc)](
+    rm, rc, rp, rw = cfg["rotate"]
+    wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc)](
         q, rot, q_rot, centroids, lut, tab, q.stride(0), q.stride(1), q.stride(2),
-        M_total, H_kv, scale * LOG2E, G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, BLOCK_K=rk,
-        INTERPRET=interpret, num_warps=rw, num_stages=3,
+        M_total, H_kv, scale * LOG2E, G=G, D=D, BLOCK_M=rm, BLOCK_C=rc,
+        INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
     S = k_packed.shape[2]
     kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
@@ -611,7 +608,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
             q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
             *kstrides, k_norms.stride(0), k_norms.stride(1), Lq, M_total, H_kv, nsplit,
             G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
-            num_warps=cfg["warps"], num_stages=cfg["stages"], **_maxnreg(cfg),
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
         )
         cs, cc, cw, cst = cfg["combine"]
         wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
