@@ -551,8 +551,11 @@ def _config(M_total, S, B, H_kv, D, device):
                     rotate=(16, 32, 1, 4), combine=(16, 64, 4, 1)) | (CONFIG_OVERRIDE or {})
     # Prefill's query rotation: 128 x 128 tiles, one persistent program per SM (H100 sweep).
     rotate = (128, min(128, D), triton.cdiv(sms, B * H_kv * max(1, D // 128)), 8)
-    if statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):  # H100 best (--sweep --only prefill)
-        cfg = dict(block_m=128, block_n=64, nsplit=1, warps=8, stages=2, dense=True, rotate=rotate)
+    if statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):
+        # H100 best (--sweep --only prefill; results/attention.md): at head_dim 256, 128 x 64 tiles
+        # and 2 stages (more does not fit in shared memory); below, 64 x 64 tiles and 3 stages.
+        bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (64, 64, 4, 3)
+        cfg = dict(block_m=bm, block_n=bn, nsplit=1, warps=warps, stages=stages, dense=True, rotate=rotate)
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
         cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=False,
                    rotate=rotate)
