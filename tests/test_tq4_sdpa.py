@@ -96,6 +96,30 @@ def test_dense_scratch_only_for_prefill_and_a_short_cache():
 
 
 @interpreted
+@pytest.mark.parametrize("D", [64, 256])
+def test_query_rotation_walks_more_row_tiles_than_programs(D, monkeypatch):
+    """Each rotation program holds a chunk of R and walks row tiles i, i + programs, ...: 37
+    positions x GQA 4 = 148 rows in 16-row tiles over 3 programs per column chunk, the last
+    tile ragged."""
+    from tq_kernels import tq4_sdpa as mod
+
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"rotate": (16, 32, 3, 4)})
+    args = make_args(1, 8, 2, 37, 40, 40, D)
+    cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+def test_prefill_rotation_runs_one_program_per_sm():
+    from tq_kernels import tq4_sdpa as mod
+
+    cpu, sms = torch.device("cpu"), mod._num_sms(torch.device("cpu"))
+    for H_kv, D in ((2, 256), (8, 128), (4, 64)):
+        rows, cols, progs, _ = mod._config(4096 * 4, 4096, 1, H_kv, D, cpu)["rotate"]
+        chunks = D // cols
+        assert (rows, cols) == (128, min(128, D)) and sms <= progs * H_kv * chunks < sms + H_kv * chunks
+
+
+@interpreted
 @pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("Lq,kv_len", [(37, 37), (37, 90), (3, 90), (1, 90)])
 def test_small_tiles_mask_exactly_the_tiles_that_cross_the_diagonal(Lq, kv_len, dense, monkeypatch):
