@@ -433,40 +433,36 @@ def _tq4_decode_kernel(
 @triton.jit
 def _tq4_combine_kernel(
     po_ptr, plse_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
 ):
     """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
 
     One program per (row, batch x KV head, column chunk), so decode's few rows still spread over
-    many SMs; splits are read BLOCK_S at a time (wide independent loads: a loop of one split per
-    step was latency-bound). The partials keep the attention loop's [even | odd] column order,
-    so R's rows are read in that order too.
+    many SMs. Every load is independent of the others: all log-sum-exps at once (NS_MAX >= nsplit,
+    a power of two fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled
+    loop over NS_MAX (masked past nsplit); a loop over nsplit made one dependent L2 round trip per
+    step (6.8 us at 132 splits on H100). The partials keep the attention loop's [even | odd]
+    column order, so R's rows are read in that order too.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
-    o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, D)
     row0 = i_bh * nsplit * M_total + i_r  # partial row of split s: row0 + s * M_total
-    # Pass 1: the largest log-sum-exp (splits past the end of the cache hold -inf).
-    b_m = tl.full([BLOCK_S], float("-inf"), tl.float32)
-    for s0 in range(0, nsplit, BLOCK_S):
-        m_s = s0 + o_s < nsplit
-        b_m = tl.maximum(b_m, tl.load(plse_ptr + row0 + (s0 + o_s) * M_total, mask=m_s,
-                                      other=float("-inf")))
-    m = tl.max(b_m, 0)
+    # The largest log-sum-exp (splits past the end of the cache hold -inf) and the weights' sum.
+    o_all = tl.arange(0, NS_MAX)
+    lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
+    m = tl.max(lse, 0)
     m_use = tl.where(m == float("-inf"), 0.0, m)
-    # Pass 2: weighted sum of the partial rows.
-    b_w = tl.zeros([BLOCK_S], tl.float32)
+    w_sum = tl.sum(tl.exp2(lse - m_use), 0)
     b_o = tl.zeros([BLOCK_S, D], tl.float32)
-    for s0 in range(0, nsplit, BLOCK_S):
-        m_s = s0 + o_s < nsplit
-        p_row = row0 + (s0 + o_s) * M_total
+    for s0 in tl.static_range(0, NS_MAX, BLOCK_S):
+        o_s = s0 + tl.arange(0, BLOCK_S)
+        m_s = o_s < nsplit
+        p_row = row0 + o_s * M_total
         w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
-        b_w += w
         b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
-    w_sum = tl.sum(b_w, 0)
     o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
     # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
     r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
@@ -546,9 +542,10 @@ def _config(M_total, S, B, H_kv, D, device):
         # kernel with a split epilogue too, since removed (scripts/bench_attention.py --sweep
         # --only decode; results/attention.md).
         block_n = 64 if D >= 256 else 128
-        nsplit = max(1, min(triton.cdiv(S, block_n), triton.cdiv(2 * sms, B * H_kv)))
-        return dict(block_m=16, block_n=block_n, nsplit=nsplit, warps=4, stages=1, dense=False,
-                    rotate=(16, 32, 1, 4), combine=(16, 64, 4, 1)) | (CONFIG_OVERRIDE or {})
+        max_splits = triton.cdiv(2 * sms, B * H_kv)  # independent of S: a static bound for the merge
+        nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
+        return dict(block_m=16, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4, stages=1,
+                    dense=False, rotate=(16, 32, 1, 4), combine=(16, 64, 4, 1)) | (CONFIG_OVERRIDE or {})
     # Prefill's query rotation: 128 x 128 tiles, one persistent program per SM (H100 sweep).
     rotate = (128, min(128, D), triton.cdiv(sms, B * H_kv * max(1, D // 128)), 8)
     if statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):
@@ -616,6 +613,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         cs, cc, cw, cst = cfg["combine"]
         wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
             po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=cs, BLOCK_C=cc,
+            NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
             num_warps=cw, num_stages=cst,
         )
     else:  # one program per query tile; its epilogue rotates back and stores the output
