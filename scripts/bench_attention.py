@@ -100,8 +100,10 @@ def sweep(only: str | None = None):
                               nsplit=min(_triton.cdiv(ctx, bn), _triton.cdiv(mult * sms, h_kv)))
                          for mult, bn, w, st in itertools.product((1, 2, 3, 4), (64, 128), (4, 8), (1, 2))]
             else:
-                space = [dict(block_m=128, block_n=bn, warps=8, stages=st, nsplit=1, dense=dn)
-                         for bn, st, dn in itertools.product((32, 64), (1, 2), (True, False))]
+                tiles = [(128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3),
+                         (128, 32, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3)]  # (rows, keys, warps, stages)
+                space = [dict(block_m=bm, block_n=bn, warps=w, stages=st, nsplit=1, dense=dn)
+                         for (bm, bn, w, st), dn in itertools.product(tiles, (True, False))]
             results = []
             for cfg in space:
                 mod.CONFIG_OVERRIDE = cfg
