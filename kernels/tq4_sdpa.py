@@ -1,7 +1,7 @@
 """Fused attention over a TurboQuant 4-bit KV cache: `torch.ops.tq.tq4_sdpa`.
 
 TurboQuant (arXiv 2504.19874) stores each key/value as a norm and the 4-bit Lloyd-Max indices of
-its rotated unit vector y = u @ R^T. Attention never decompresses the cache to memory:
+its rotated unit vector y = u @ R^T. Decode never decompresses the cache to memory:
 
     score(q, k_j)  = |k_j| * <q @ R^T, c[idx_j]>        (rotate the query once)
     out            = (sum_j p_j |v_j| c[idx_j]) @ R       (rotate the output back once)
@@ -17,11 +17,16 @@ value, no memory access); a gather from a table in memory ran 3x slower. Two mor
 Decode (one query row per head) splits the KV sequence over CTAs (flash-decoding) and a second
 kernel merges the partial results and rotates them back. Its kernel computes the tiles transposed
 (K q^T, V^T P^T: keys and coordinates as the MMA rows), so sm_90 runs wgmma from shared memory
-instead of mma.sync fed through register shuffles. Prefill tiles queries with GQA packing (one tile
-holds G query heads x BLOCK_M/G positions that share one KV head, so each K/V tile is unpacked once
-per tile). Prefill's query tiles all read the same cache rows: when the bf16 copy is small (a short
-cache), a first kernel looks every row up once, norms folded in, into a scratch buffer; the tiles
-read that instead, and those left of the diagonal skip the causal mask.
+instead of mma.sync fed through register shuffles.
+
+Prefill is the other way round: every query tile reads every cache row, and the G x L_q query
+rows outnumber the cache rows. When the bf16 copy is small (a short cache), a first kernel
+decompresses each row once, back out of the rotated basis (norm * c[idx] @ R, S x D x D work per
+KV head instead of 2 x G x L_q x D x D to rotate the queries and outputs), into a scratch buffer,
+and a plain bf16 flash attention of the queries as given reads it: GQA-packed tiles (one tile holds
+G query heads x BLOCK_M/G positions that share one KV head), the tiles left of the diagonal
+without the causal mask. Over a longer cache, prefill looks K/V up per tile in the rotated basis
+like decode does.
 kv_len is read on the device: no host sync, CUDA-graph safe, and the loops stop at kv_len and at
 the causal bound, never visiting empty cache.
 
@@ -68,15 +73,10 @@ def _rotate_q_kernel(
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     if i_m0 == 0 and i_bh == 0 and i_c == 0:
         o_l = tl.arange(0, 16)
-        b_c = tl.load(cent_ptr + o_l).to(tl.bfloat16)
-        tl.store(lut_ptr + o_l, b_c)
-        # tab[0:4]: low bytes of entries 0-3, 4-7, 8-11, 12-15 (byte j of a word = entry 4w + j);
-        # tab[4:8]: the high bytes. Summing disjoint byte lanes is an OR.
-        bits = b_c.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        shift = (tl.arange(0, 4) * 8)[None, :]
-        o_w = tl.arange(0, 4)
-        tl.store(tab_ptr + o_w, tl.sum(tl.reshape(bits & 0xFF, (4, 4)) << shift, 1))
-        tl.store(tab_ptr + 4 + o_w, tl.sum(tl.reshape(bits >> 8, (4, 4)) << shift, 1))
+        tl.store(lut_ptr + o_l, tl.load(cent_ptr + o_l).to(tl.bfloat16))
+        tables = _codebook_tables(cent_ptr)
+        for i in tl.static_range(8):
+            tl.store(tab_ptr + i, tables[i])
     o_d = tl.arange(0, D)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     b_r = tl.load(rot_ptr + o_c[:, None] * D + o_d[None, :])  # [BC, D] rows of R
@@ -85,8 +85,7 @@ def _rotate_q_kernel(
     for i_m in range(i_m0, tl.cdiv(M_total, BLOCK_M), tl.num_programs(0)):
         o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
         m_r = o_r < M_total
-        p_q = (q_ptr + i_b * stride_qb + (i_kvh * G + o_r % G)[:, None] * stride_qh
-               + (o_r // G)[:, None] * stride_ql + o_d[None, :])
+        p_q = _gqa_rows(q_ptr, i_b, i_kvh, o_r, stride_qb, stride_qh, stride_ql, G) + o_d[None, :]
         b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [BM, D]
         if INTERPRET:
             b_q = b_q.to(tl.float32)
@@ -96,12 +95,10 @@ def _rotate_q_kernel(
 
 
 @triton.jit
-def _unrotate_store(b_oe, b_oo, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
-                    stride_ob, stride_oh, stride_ol,
-                    G: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr):
-    """Columns [c0, c0 + BC) of ([o_even | o_odd] interleaved) @ R, stored bf16 to [B, H_q, L_q, D].
-    bf16 operands, fp32 accumulation: the output is bf16, and tf32 made this epilogue ~25 us of
-    prefill 4096 on H100 (qwen3.5-moe shape)."""
+def _unrotate(b_e, b_o, rot_ptr, c0, D: tl.constexpr, BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr):
+    """Columns [c0, c0 + BC) of ([b_e | b_o] interleaved: even, odd coordinates) @ R, fp32.
+    bf16 operands, fp32 accumulation: the results are stored bf16, and tf32 made this epilogue
+    ~25 us of prefill 4096 on H100 (qwen3.5-moe shape)."""
     HALF: tl.constexpr = D // 2
     o_h = tl.arange(0, HALF)
     o_c = c0 + tl.arange(0, BLOCK_C)
@@ -109,11 +106,15 @@ def _unrotate_store(b_oe, b_oo, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
     b_ro = tl.load(rot_ptr + (2 * o_h + 1)[:, None] * D + o_c[None, :])  # odd rows
     if not INTERPRET:  # (the interpreter's bf16 dot is wrong)
         b_re, b_ro = b_re.to(tl.bfloat16), b_ro.to(tl.bfloat16)
-        b_oe, b_oo = b_oe.to(tl.bfloat16), b_oo.to(tl.bfloat16)
-    b_o = tl.dot(b_oe, b_re) + tl.dot(b_oo, b_ro)  # [BM, BC]
-    p_out = (out_ptr + i_b * stride_ob + (i_kvh * G + o_r % G)[:, None] * stride_oh
-             + (o_r // G)[:, None] * stride_ol + o_c[None, :])
-    tl.store(p_out, b_o.to(tl.bfloat16), mask=m_r[:, None])
+        b_e, b_o = b_e.to(tl.bfloat16), b_o.to(tl.bfloat16)
+    return tl.dot(b_e, b_re) + tl.dot(b_o, b_ro)  # [BM, BC]
+
+
+@triton.jit
+def _gqa_rows(ptr, i_b, i_kvh, o_r, stride_b, stride_h, stride_l, G: tl.constexpr):
+    """Addresses of packed rows o_r (r = position * G + head) of KV head i_kvh's query heads in a
+    [B, H_q, L_q, D] tensor."""
+    return ptr + i_b * stride_b + (i_kvh * G + o_r % G)[:, None] * stride_h + (o_r // G)[:, None] * stride_l
 
 
 def _prmt_asm() -> str:
@@ -179,15 +180,31 @@ def _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh,
 
 
 @triton.jit
+def _codebook_tables(cent_ptr):
+    """The eight 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from:
+    t0..t3 the low bytes of entries 0-3, 4-7, 8-11, 12-15 (byte j of a word = entry 4w + j), t4..t7
+    the high bytes. Summing disjoint byte lanes is an OR."""
+    o = tl.arange(0, 16)
+    bits = tl.load(cent_ptr + o).to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    shift, w = (o % 4) * 8, o // 4
+    lo, hi = (bits & 0xFF) << shift, (bits >> 8) << shift
+    return (tl.sum(tl.where(w == 0, lo, 0), 0), tl.sum(tl.where(w == 1, lo, 0), 0),
+            tl.sum(tl.where(w == 2, lo, 0), 0), tl.sum(tl.where(w == 3, lo, 0), 0),
+            tl.sum(tl.where(w == 0, hi, 0), 0), tl.sum(tl.where(w == 1, hi, 0), 0),
+            tl.sum(tl.where(w == 2, hi, 0), 0), tl.sum(tl.where(w == 3, hi, 0), 0))
+
+
+@triton.jit
 def _tq4_dequant_kernel(
-    kp_ptr, vp_ptr, kn_ptr, vn_ptr, lut_ptr, tab_ptr, kv_len_ptr, kd_ptr, vd_ptr,
-    stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, H_kv, S,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr,
+    kp_ptr, vp_ptr, kn_ptr, vn_ptr, cent_ptr, rot_ptr, kv_len_ptr, kd_ptr, vd_ptr,
+    stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, H_kv, S, qk_scale,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """kd/vd[b*H_kv + h, n, :] = codebook values of cache row n times the row's norm, as bf16,
-    [even | odd] columns, for n < kv_len (programs past kv_len return at once). Prefill then reads
-    each row once per query tile instead of looking it up once per query tile, and with the norms
-    folded in it skips two [BM, BN] multiplies per step."""
+    """kd/vd[b*H_kv + h, n, :] = cache row n decompressed: norm * c[idx] @ R as bf16 (for K also
+    times qk_scale), for n < kv_len (programs past kv_len return at once). Prefill's query tiles
+    all read every row: decompressing each one once, back out of the rotated basis, costs
+    S x D x D per KV head, while rotating the queries and the outputs instead costs G x L_q x D x D
+    twice; the attention is then a plain bf16 flash attention of the unrotated queries."""
     HALF: tl.constexpr = D // 2
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     n0 = i_n * BLOCK_N
@@ -197,32 +214,24 @@ def _tq4_dequant_kernel(
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < kv_len
         o_h = tl.arange(0, HALF)
-        t0, t1, t2, t3, t4, t5, t6, t7 = _lookup_table(tab_ptr)
+        t0, t1, t2, t3, t4, t5, t6, t7 = _codebook_tables(cent_ptr)
         src = i_b * stride_kb + i_kvh * stride_kh + o_n[:, None] * stride_ks + o_h[None, :]
         p_norm = i_b * stride_nb + i_kvh * stride_nh + o_n
-        dst = (i_bh.to(tl.int64) * S + o_n[:, None]) * D + o_h[None, :]
+        dst = (i_bh.to(tl.int64) * S + o_n[:, None]) * D
         for i in tl.static_range(2):
             b = tl.load((kp_ptr if i == 0 else vp_ptr) + src, mask=m_n[:, None], other=0)
             b_n = tl.load((kn_ptr if i == 0 else vn_ptr) + p_norm, mask=m_n, other=0.0).to(tl.float32)
-            if INTERPRET:
-                b_e, b_o = tl.load(lut_ptr + (b >> 4)), tl.load(lut_ptr + (b & 15))
+            if i == 0:
+                b_n = b_n * qk_scale
+            if INTERPRET:  # no inline PTX there: gather from the fp32 codebook
+                b_e, b_o = tl.load(cent_ptr + (b >> 4)), tl.load(cent_ptr + (b & 15))
             else:
                 b_e, b_o = _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7)
-            dense_ptr = kd_ptr if i == 0 else vd_ptr
-            tl.store(dense_ptr + dst, (b_e.to(tl.float32) * b_n[:, None]).to(tl.bfloat16), mask=m_n[:, None])
-            tl.store(dense_ptr + dst + HALF, (b_o.to(tl.float32) * b_n[:, None]).to(tl.bfloat16), mask=m_n[:, None])
-
-
-@triton.jit
-def _scratch_tile(p_rows, o_n, m_n, o_h, D: tl.constexpr, INTERPRET: tl.constexpr):
-    """Rows o_n of a _tq4_dequant_kernel scratch: (even, odd coordinates), [BN, D/2] each (fp32
-    under the interpreter, whose bf16 dot is wrong)."""
-    p_row = p_rows + o_n[:, None] * D + o_h[None, :]
-    b_e = tl.load(p_row, mask=m_n[:, None], other=0.0)
-    b_o = tl.load(p_row + D // 2, mask=m_n[:, None], other=0.0)
-    if INTERPRET:
-        b_e, b_o = b_e.to(tl.float32), b_o.to(tl.float32)
-    return b_e, b_o
+            for c0 in tl.static_range(0, D, BLOCK_C):
+                b_d = _unrotate(b_e, b_o, rot_ptr, c0, D, BLOCK_C, INTERPRET) * b_n[:, None]
+                o_c = c0 + tl.arange(0, BLOCK_C)
+                tl.store((kd_ptr if i == 0 else vd_ptr) + dst + o_c[None, :], b_d.to(tl.bfloat16),
+                         mask=m_n[:, None])
 
 
 @triton.jit
@@ -242,51 +251,111 @@ def _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _attn_tile(n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, p_kd, p_vd, stride_ks,
-               o_h, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7,
-               D: tl.constexpr, BLOCK_N: tl.constexpr, DENSE: tl.constexpr, INTERPRET: tl.constexpr,
-               MASK: tl.constexpr):
-    """One BLOCK_N step of the flash loop over keys [n0, n0 + BLOCK_N): returns the updated row max,
-    row sum and the two accumulator halves. MASK: apply the causal and end-of-range masks."""
-    o_n = n0 + tl.arange(0, BLOCK_N)
-    m_n = o_n < hi
-    if DENSE:  # the scratch rows carry their norms
-        b_ke, b_ko = _scratch_tile(p_kd, o_n, m_n, o_h, D, INTERPRET)
-    else:
-        b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-        b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-        b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
-        b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
-        # Codebook values of the high (even coordinates) and low (odd) nibbles: [BN, D/2] each.
-        if INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
-            b_ke = tl.load(lut_ptr + (b_kb >> 4)).to(tl.float32)
-            b_ko = tl.load(lut_ptr + (b_kb & 15)).to(tl.float32)
-        else:
-            b_ke, b_ko = _dequant_prmt(b_kb, t0, t1, t2, t3, t4, t5, t6, t7)
-    b_s = tl.dot(b_qe, tl.trans(b_ke)) + tl.dot(b_qo, tl.trans(b_ko))  # [BM, BN]
-    if not DENSE:
-        b_s = b_s * b_kn[None, :]
-    if MASK:
-        keep = (o_n[None, :] <= pos_r[:, None]) & m_n[None, :]
-        b_s = tl.where(keep, b_s, float("-inf"))
-    # Online softmax in base 2 (log2 e is folded into q). A row with nothing kept yet has
-    # m = -inf; subtracting 0 instead keeps exp2 at 0 rather than NaN.
+def _online_softmax(b_s, b_m, b_l):
+    """One step of the online softmax along the keys (axis 1) of scores b_s [BM, BN], in base 2
+    (log2 e is folded into the scores): (new row max, probabilities, factor that rescales the old
+    sums, new row sums). A row with nothing kept yet has m = -inf; subtracting 0 instead keeps
+    exp2 at 0 rather than NaN."""
     m_new = tl.maximum(b_m, tl.max(b_s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(b_m - m_use)
     b_p = tl.exp2(b_s - m_use[:, None])
-    b_l = b_l * alpha + tl.sum(b_p, 1)
-    if DENSE:
-        b_ve, b_vo = _scratch_tile(p_vd, o_n, m_n, o_h, D, INTERPRET)
-        b_pv = b_p
+    return m_new, b_p, alpha, b_l * alpha + tl.sum(b_p, 1)
+
+
+@triton.jit
+def _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
+                D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr, MASK: tl.constexpr):
+    """One BLOCK_N step of the flash loop over decompressed rows [n0, n0 + BLOCK_N): returns the
+    updated row max, row sum and accumulator. MASK: apply the causal and end-of-range masks."""
+    o_n = n0 + tl.arange(0, BLOCK_N)
+    m_n = o_n < hi
+    p_row = o_n[:, None] * D + o_d[None, :]
+    b_k = tl.load(p_kd + p_row, mask=m_n[:, None], other=0.0)
+    if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
+        b_k = b_k.to(tl.float32)
+    b_s = tl.dot(b_q, tl.trans(b_k))  # [BM, BN], already scaled (K carries the scale)
+    if MASK:
+        keep = (o_n[None, :] <= pos_r[:, None]) & m_n[None, :]
+        b_s = tl.where(keep, b_s, float("-inf"))
+    m_new, b_p, alpha, b_l = _online_softmax(b_s, b_m, b_l)
+    b_v = tl.load(p_vd + p_row, mask=m_n[:, None], other=0.0)
+    if INTERPRET:
+        b_v = b_v.to(tl.float32)
     else:
-        b_pv = b_p * b_vn[None, :]
-        if INTERPRET:
-            b_ve = tl.load(lut_ptr + (b_vb >> 4)).to(tl.float32)
-            b_vo = tl.load(lut_ptr + (b_vb & 15)).to(tl.float32)
-        else:
-            b_ve, b_vo = _dequant_prmt(b_vb, t0, t1, t2, t3, t4, t5, t6, t7)
-    if not INTERPRET:
+        b_p = b_p.to(tl.bfloat16)
+    return m_new, b_l, b_acc * alpha[:, None] + tl.dot(b_p, b_v)
+
+
+@triton.jit
+def _dense_attn_kernel(
+    q_ptr, kd_ptr, vd_ptr, kv_len_ptr, out_ptr,
+    stride_qb, stride_qh, stride_ql, stride_ob, stride_oh, stride_ol, Lq, M_total, H_kv, S,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Causal flash attention of the queries as given (not rotated, not scaled) over the rows
+    _tq4_dequant_kernel decompressed (K carries the score scale), one program per GQA-packed query
+    tile. Tiles wholly at or before the tile's first query position (and inside [lo, hi)) need no
+    mask: in causal prefill, every tile left of the diagonal, and compiled for sm_90 the unmasked
+    step is about half the masked one's instructions."""
+    i_m, i_bh = tl.program_id(0), tl.program_id(2)
+    i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
+    # Causal prefill tiles further down the sequence do more work: launch them first.
+    i_m = tl.num_programs(0) - 1 - i_m
+    kv_len = tl.load(kv_len_ptr).to(tl.int32)
+    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, 0, kv_len, Lq, M_total, 1, G, BLOCK_M, BLOCK_N)
+    o_d = tl.arange(0, D)
+    b_q = tl.load(_gqa_rows(q_ptr, i_b, i_kvh, o_r, stride_qb, stride_qh, stride_ql, G) + o_d[None, :],
+                  mask=m_r[:, None], other=0.0)  # [BM, D]
+    if INTERPRET:
+        b_q = b_q.to(tl.float32)
+    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    b_l = tl.zeros([BLOCK_M], tl.float32)
+    b_acc = tl.zeros([BLOCK_M, D], tl.float32)
+    p_kd = kd_ptr + i_bh.to(tl.int64) * S * D
+    p_vd = vd_ptr + i_bh.to(tl.int64) * S * D
+    first = kv_len - Lq + (i_m * BLOCK_M) // G
+    mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
+    for n0 in range(lo, mid, BLOCK_N):
+        b_m, b_l, b_acc = _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
+                                      D, BLOCK_N, INTERPRET, False)
+    for n0 in range(mid, hi, BLOCK_N):
+        b_m, b_l, b_acc = _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
+                                      D, BLOCK_N, INTERPRET, True)
+    # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
+    b_acc = b_acc * tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)[:, None]
+    tl.store(_gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G) + o_d[None, :],
+             b_acc.to(tl.bfloat16), mask=m_r[:, None])
+
+
+@triton.jit
+def _attn_tile(n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, stride_ks,
+               o_h, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
+    """One BLOCK_N step of the flash loop over compressed keys [n0, n0 + BLOCK_N), in the rotated
+    basis: returns the updated row max, row sum and the two accumulator halves."""
+    o_n = n0 + tl.arange(0, BLOCK_N)
+    m_n = o_n < hi
+    b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+    b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+    b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
+    b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
+    # Codebook values of the high (even coordinates) and low (odd) nibbles: [BN, D/2] each.
+    if INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
+        b_ke = tl.load(lut_ptr + (b_kb >> 4)).to(tl.float32)
+        b_ko = tl.load(lut_ptr + (b_kb & 15)).to(tl.float32)
+    else:
+        b_ke, b_ko = _dequant_prmt(b_kb, t0, t1, t2, t3, t4, t5, t6, t7)
+    b_s = (tl.dot(b_qe, tl.trans(b_ke)) + tl.dot(b_qo, tl.trans(b_ko))) * b_kn[None, :]  # [BM, BN]
+    keep = (o_n[None, :] <= pos_r[:, None]) & m_n[None, :]
+    b_s = tl.where(keep, b_s, float("-inf"))
+    m_new, b_p, alpha, b_l = _online_softmax(b_s, b_m, b_l)
+    b_pv = b_p * b_vn[None, :]
+    if INTERPRET:
+        b_ve = tl.load(lut_ptr + (b_vb >> 4)).to(tl.float32)
+        b_vo = tl.load(lut_ptr + (b_vb & 15)).to(tl.float32)
+    else:
+        b_ve, b_vo = _dequant_prmt(b_vb, t0, t1, t2, t3, t4, t5, t6, t7)
         b_pv = b_pv.to(tl.bfloat16)
     b_ae = b_ae * alpha[:, None] + tl.dot(b_pv, b_ve)
     b_ao = b_ao * alpha[:, None] + tl.dot(b_pv, b_vo)
@@ -295,17 +364,16 @@ def _attn_tile(n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, 
 
 @triton.jit
 def _tq4_attn_kernel(
-    qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, rot_ptr, kv_len_ptr,
-    out_ptr, kd_ptr, vd_ptr,
+    qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, rot_ptr, kv_len_ptr, out_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh,
     stride_ob, stride_oh, stride_ol,
-    Lq, M_total, H_kv, S,
+    Lq, M_total, H_kv,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr, DENSE: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """Flash attention of the rotated queries over the cache, one program per query tile, output
-    rotated back. DENSE: read K/V codebook values from kd/vd ([B*H_kv, S, D] bf16, [even | odd]
-    columns, written by _tq4_dequant_kernel) instead of looking them up here."""
+    """Flash attention of the rotated queries over the compressed cache, one program per query
+    tile, looking each K/V tile up as it goes; the output is rotated back. Prefill over a cache
+    too long for the scratch of _tq4_dequant_kernel."""
     HALF: tl.constexpr = D // 2
     i_m, i_bh = tl.program_id(0), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
@@ -329,31 +397,19 @@ def _tq4_attn_kernel(
     b_ao = tl.zeros([BLOCK_M, HALF], tl.float32)
     p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
                                       stride_kb, stride_kh, stride_nb, stride_nh)
-    p_kd = kd_ptr + i_bh.to(tl.int64) * S * D
-    p_vd = vd_ptr + i_bh.to(tl.int64) * S * D
-    # Tiles wholly at or before the tile's first query position (and inside [lo, hi)) need no
-    # mask: in causal prefill, every tile left of the diagonal. Only the scratch path splits the
-    # loop: compiled for sm_90 its step drops from 985 to 490 instructions (and 255 to 229
-    # registers), while the lookup paths (decode, long prefill) grew or spilled with two loops.
-    mid = lo
-    if DENSE:
-        first = kv_len - Lq + (i_m * BLOCK_M) // G
-        mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
-    for n0 in range(lo, mid, BLOCK_N):
+    for n0 in range(lo, hi, BLOCK_N):
         b_m, b_l, b_ae, b_ao = _attn_tile(
-            n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, p_kd, p_vd, stride_ks,
-            o_h, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, D, BLOCK_N, DENSE, INTERPRET, False)
-    for n0 in range(mid, hi, BLOCK_N):
-        b_m, b_l, b_ae, b_ao = _attn_tile(
-            n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, p_kd, p_vd, stride_ks,
-            o_h, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, D, BLOCK_N, DENSE, INTERPRET, True)
+            n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, stride_ks,
+            o_h, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, BLOCK_N, INTERPRET)
 
     # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
     inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)
     b_ae, b_ao = b_ae * inv_l[:, None], b_ao * inv_l[:, None]
+    p_out = _gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G)
     for c0 in tl.static_range(0, D, BLOCK_C):
-        _unrotate_store(b_ae, b_ao, rot_ptr, out_ptr, i_b, i_kvh, o_r, m_r, c0,
-                        stride_ob, stride_oh, stride_ol, G, D, BLOCK_C, INTERPRET)
+        o_c = c0 + tl.arange(0, BLOCK_C)
+        b_o = _unrotate(b_ae, b_ao, rot_ptr, c0, D, BLOCK_C, INTERPRET)
+        tl.store(p_out + o_c[None, :], b_o.to(tl.bfloat16), mask=m_r[:, None])
 
 
 @triton.jit
@@ -519,8 +575,9 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
 
 # Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit (> 1: the split-K
 # decode kernel, else the tile kernel), warps, stages, dense, rotate (rows, columns, programs per
-# column chunk, warps of the query rotation) and combine (splits per step, columns, warps, stages
-# of the split merge).
+# column chunk, warps of the query rotation), combine (splits per step, columns, warps, stages
+# of the split merge) and scratch (rows per program, columns per step, warps of the prefill
+# scratch kernel).
 CONFIG_OVERRIDE: dict | None = None
 # Prefill looks the cache up once into a bf16 scratch of 2 x B x H_kv x S x D (K and V) when that
 # fits here; a long cache (S is its capacity, not kv_len) keeps the fused lookup instead of holding
@@ -534,6 +591,9 @@ def _config(M_total, S, B, H_kv, D, device):
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     sms = _num_sms(device)
+    # Prefill's scratch kernel: 64 rows per program; at head_dim 256, 64 output columns per step
+    # and 8 warps (4 spill), below 32 columns and 4 warps (H100 sweep, results/attention.md).
+    scratch = (64, 64, 8) if D == 256 else (64, 32, 4)
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are wgmma's M, read from shared memory)
         # with one pipeline stage, 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key
@@ -545,18 +605,19 @@ def _config(M_total, S, B, H_kv, D, device):
         max_splits = triton.cdiv(2 * sms, B * H_kv)  # independent of S: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
         return dict(block_m=16, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4, stages=1,
-                    dense=False, rotate=(16, 32, 1, 4), combine=(16, 64, 4, 1)) | (CONFIG_OVERRIDE or {})
+                    dense=False, rotate=(16, 32, 1, 4), combine=(16, 64, 4, 1),
+                    scratch=scratch) | (CONFIG_OVERRIDE or {})
     # Prefill's query rotation: 128 x 128 tiles, one persistent program per SM (H100 sweep).
     rotate = (128, min(128, D), triton.cdiv(sms, B * H_kv * max(1, D // 128)), 8)
     if statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):
-        # H100 best (--sweep --only prefill; results/attention.md): at head_dim 256, 128 x 64 tiles
-        # and 2 stages (more does not fit in shared memory); below, 64 x 64 tiles and 3 stages.
-        bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (64, 64, 4, 3)
+        # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256
+        # (3 do not fit in shared memory), 3 below.
+        bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
         cfg = dict(block_m=bm, block_n=bn, nsplit=1, warps=warps, stages=stages, dense=True, rotate=rotate)
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
         cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=False,
                    rotate=rotate)
-    return cfg | (CONFIG_OVERRIDE or {})
+    return cfg | dict(scratch=scratch) | (CONFIG_OVERRIDE or {})
 
 
 def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len, scale=None):
@@ -576,37 +637,42 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     rot = rotation.contiguous()
     k_norms, v_norms = k_norms.contiguous(), v_norms.contiguous()
     k_packed, v_packed = k_packed.contiguous(), v_packed.contiguous()
+    out = torch.empty((B, H_q, Lq, D), dtype=torch.bfloat16, device=dev)
+    q_strides, out_strides = (q.stride(0), q.stride(1), q.stride(2)), (out.stride(0), out.stride(1), out.stride(2))
+    S = k_packed.shape[2]
+    kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
+    nstrides = (k_norms.stride(0), k_norms.stride(1))
+    grid = (triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)
+
+    if cfg["dense"]:  # every query tile reads every row: decompress each one once, into bf16
+        kd = torch.empty((B * H_kv, S, D), dtype=torch.bfloat16, device=dev)
+        vd = torch.empty((B * H_kv, S, D), dtype=torch.bfloat16, device=dev)
+        sn, sc, sw = cfg["scratch"]
+        wrap_triton(_tq4_dequant_kernel)[(triton.cdiv(S, sn), B * H_kv)](
+            k_packed, v_packed, k_norms, v_norms, centroids, rot, kv_len, kd, vd, *kstrides, *nstrides,
+            H_kv, S, scale * LOG2E, D=D, BLOCK_N=sn, BLOCK_C=sc, INTERPRET=interpret, num_warps=sw,
+        )
+        wrap_triton(_dense_attn_kernel)[grid](
+            q, kd, vd, kv_len, out, *q_strides, *out_strides, Lq, M_total, H_kv, S,
+            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )
+        return out
+
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
     lut = torch.empty((16,), dtype=torch.bfloat16, device=dev)
     tab = torch.empty((8,), dtype=torch.int32, device=dev)
-    out = torch.empty((B, H_q, Lq, D), dtype=torch.bfloat16, device=dev)
-    out_strides = (out.stride(0), out.stride(1), out.stride(2))
-
     rm, rc, rp, rw = cfg["rotate"]
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc)](
-        q, rot, q_rot, centroids, lut, tab, q.stride(0), q.stride(1), q.stride(2),
-        M_total, H_kv, scale * LOG2E, G=G, D=D, BLOCK_M=rm, BLOCK_C=rc,
-        INTERPRET=interpret, num_warps=rw, num_stages=2,
+        q, rot, q_rot, centroids, lut, tab, *q_strides, M_total, H_kv, scale * LOG2E,
+        G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
-    S = k_packed.shape[2]
-    kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
-    if cfg["dense"]:  # every query tile reads the rows: look each one up once, into bf16
-        kd = torch.empty((B * H_kv, S, D), dtype=torch.bfloat16, device=dev)
-        vd = torch.empty((B * H_kv, S, D), dtype=torch.bfloat16, device=dev)
-        wrap_triton(_tq4_dequant_kernel)[(triton.cdiv(S, 64), B * H_kv)](
-            k_packed, v_packed, k_norms, v_norms, lut, tab, kv_len, kd, vd, *kstrides,
-            k_norms.stride(0), k_norms.stride(1), H_kv, S,
-            D=D, BLOCK_N=64, INTERPRET=interpret, num_warps=4,
-        )
-    else:
-        kd = vd = out  # unused
-    grid = (triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)
     if nsplit > 1:  # split-K: partial outputs and their log-sum-exps, then one merge that rotates back
         po = torch.empty((B * H_kv * nsplit * M_total, D), dtype=torch.float32, device=dev)
         plse = torch.empty((B * H_kv * nsplit * M_total,), dtype=torch.float32, device=dev)
         wrap_triton(_tq4_decode_kernel)[grid](
             q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
-            *kstrides, k_norms.stride(0), k_norms.stride(1), Lq, M_total, H_kv, nsplit,
+            *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
             G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
             num_warps=cfg["warps"], num_stages=cfg["stages"],
         )
@@ -618,11 +684,10 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         )
     else:  # one program per query tile; its epilogue rotates back and stores the output
         wrap_triton(_tq4_attn_kernel)[grid](
-            q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out, kd, vd,
-            *kstrides, k_norms.stride(0), k_norms.stride(1),
-            *out_strides, Lq, M_total, H_kv, S,
+            q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out,
+            *kstrides, *nstrides, *out_strides, Lq, M_total, H_kv,
             G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_C=block_c,
-            DENSE=cfg["dense"], INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
+            INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
         )
     return out
 

@@ -62,8 +62,9 @@ def test_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
 @pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", [(2, 16, 2, 5, 77, 74, 256), (1, 8, 8, 64, 300, 297, 128),
                                                      (2, 4, 2, 64, 300, 64, 64)])
 def test_prefill_with_and_without_the_dense_scratch(B, H_q, H_kv, Lq, S, kv_len, D, dense, monkeypatch):
-    """Prefill reads the codebook values from a bf16 scratch when it is small (every case above),
-    else looks them up per tile: both paths against the reference."""
+    """Prefill decompresses the cache rows once into a bf16 scratch when it is small (every case
+    above) and runs plain attention over it, else looks the rows up per tile in the rotated
+    basis: both paths against the reference."""
     from tq_kernels import tq4_sdpa as mod
 
     assert mod._config(Lq * H_q // H_kv, S, B, H_kv, D, torch.device("cpu"))["dense"]
@@ -95,15 +96,40 @@ def test_dense_scratch_only_for_prefill_and_a_short_cache():
     assert not mod._config(4096 * 8, 131072, 1, 2, 256, cpu)["dense"]  # 256 MiB: as large as a bf16 cache
 
 
+
+@interpreted
+@pytest.mark.parametrize("D", [64, 256])
+def test_scratch_rows_are_the_decompressed_cache(D):
+    """The prefill scratch holds each row below kv_len as dequantize_tq4 gives it (K also times
+    the score scale in base 2) and leaves the rows past kv_len alone."""
+    import triton
+    from torch.library import wrap_triton
+    from tq_kernels import tq4_sdpa as mod
+
+    B, H_kv, S, kv_len = 2, 2, 77, 70
+    q, kp, kn, vp, vn, cent, rot, kvl = make_args(B, 4, H_kv, 1, S, kv_len, D)
+    qk_scale = 0.125 * mod.LOG2E
+    kd = torch.full((B * H_kv, S, D), 7.0, dtype=torch.bfloat16)
+    vd = torch.full((B * H_kv, S, D), 7.0, dtype=torch.bfloat16)
+    wrap_triton(mod._tq4_dequant_kernel)[(triton.cdiv(S, 16), B * H_kv)](
+        kp, vp, kn, vn, cent, rot, kvl, kd, vd, kp.stride(0), kp.stride(1), kp.stride(2),
+        kn.stride(0), kn.stride(1), H_kv, S, qk_scale, D=D, BLOCK_N=16, BLOCK_C=32, INTERPRET=True)
+    for got, want in ((kd, mod.dequantize_tq4(kp, kn, cent, rot) * qk_scale),
+                      (vd, mod.dequantize_tq4(vp, vn, cent, rot))):
+        got = got.view(B, H_kv, S, D)
+        torch.testing.assert_close(got[:, :, :kv_len].float(), want[:, :, :kv_len], rtol=1e-2, atol=1e-2)
+        assert (got[:, :, kv_len:] == 7.0).all()
+
+
 @interpreted
 @pytest.mark.parametrize("D", [64, 256])
 def test_query_rotation_walks_more_row_tiles_than_programs(D, monkeypatch):
     """Each rotation program holds a chunk of R and walks row tiles i, i + programs, ...: 37
     positions x GQA 4 = 148 rows in 16-row tiles over 3 programs per column chunk, the last
-    tile ragged."""
+    tile ragged (the path without the scratch: that one does not rotate the queries)."""
     from tq_kernels import tq4_sdpa as mod
 
-    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"rotate": (16, 32, 3, 4)})
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"rotate": (16, 32, 3, 4), "dense": False})
     args = make_args(1, 8, 2, 37, 40, 40, D)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
