@@ -173,6 +173,28 @@ def _lookup_table(tab_ptr):
 
 
 @triton.jit
+def _lookup(b, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET: tl.constexpr):
+    """Codebook values of the high (even coordinates) and low (odd) nibbles of packed bytes b:
+    in registers by _dequant_prmt on the GPU; under the interpreter (no inline PTX there)
+    gathered from the table at lut_ptr, in fp32."""
+    if INTERPRET:
+        b_e, b_o = tl.load(lut_ptr + (b >> 4)).to(tl.float32), tl.load(lut_ptr + (b & 15)).to(tl.float32)
+    else:
+        b_e, b_o = _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7)
+    return b_e, b_o
+
+
+@triton.jit
+def _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks):
+    """Packed K / V bytes [BN, D/2] of rows o_n (0 where masked) and their norms in fp32."""
+    b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+    b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+    b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
+    b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
+    return b_kb, b_vb, b_kn, b_vn
+
+
+@triton.jit
 def _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh, stride_nb, stride_nh):
     """One (batch, KV head)'s packed K / V rows and their norms."""
     return (kp_ptr + i_b * stride_kb + i_kvh * stride_kh, vp_ptr + i_b * stride_kb + i_kvh * stride_kh,
@@ -223,10 +245,7 @@ def _tq4_dequant_kernel(
             b_n = tl.load((kn_ptr if i == 0 else vn_ptr) + p_norm, mask=m_n, other=0.0).to(tl.float32)
             if i == 0:
                 b_n = b_n * qk_scale
-            if INTERPRET:  # no inline PTX there: gather from the fp32 codebook
-                b_e, b_o = tl.load(cent_ptr + (b >> 4)), tl.load(cent_ptr + (b & 15))
-            else:
-                b_e, b_o = _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7)
+            b_e, b_o = _lookup(b, cent_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)
             for c0 in tl.static_range(0, D, BLOCK_C):
                 b_d = _unrotate(b_e, b_o, rot_ptr, c0, D, BLOCK_C, INTERPRET) * b_n[:, None]
                 o_c = c0 + tl.arange(0, BLOCK_C)
@@ -248,6 +267,17 @@ def _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G: tl.constexpr, BLOCK
     lo = i_s * chunk
     hi = tl.minimum(tl.minimum(kv_len, last + 1), lo + chunk)
     return o_r, m_r, pos_r, lo, hi
+
+
+@triton.jit
+def _prefill_tile(kv_len_ptr, Lq, M_total, H_kv, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A prefill program's (batch, KV head, batch x KV head, query tile, kv_len) and the tile's
+    _rows_and_keys. Causal tiles further down the sequence do more work: they launch first."""
+    i_bh = tl.program_id(2)
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    kv_len = tl.load(kv_len_ptr).to(tl.int32)
+    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, 0, kv_len, Lq, M_total, 1, G, BLOCK_M, BLOCK_N)
+    return i_bh // H_kv, i_bh % H_kv, i_bh, i_m, kv_len, o_r, m_r, pos_r, lo, hi
 
 
 @triton.jit
@@ -299,12 +329,8 @@ def _dense_attn_kernel(
     tile. Tiles wholly at or before the tile's first query position (and inside [lo, hi)) need no
     mask: in causal prefill, every tile left of the diagonal, and compiled for sm_90 the unmasked
     step is about half the masked one's instructions."""
-    i_m, i_bh = tl.program_id(0), tl.program_id(2)
-    i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
-    # Causal prefill tiles further down the sequence do more work: launch them first.
-    i_m = tl.num_programs(0) - 1 - i_m
-    kv_len = tl.load(kv_len_ptr).to(tl.int32)
-    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, 0, kv_len, Lq, M_total, 1, G, BLOCK_M, BLOCK_N)
+    i_b, i_kvh, i_bh, i_m, kv_len, o_r, m_r, pos_r, lo, hi = _prefill_tile(
+        kv_len_ptr, Lq, M_total, H_kv, G, BLOCK_M, BLOCK_N)
     o_d = tl.arange(0, D)
     b_q = tl.load(_gqa_rows(q_ptr, i_b, i_kvh, o_r, stride_qb, stride_qh, stride_ql, G) + o_d[None, :],
                   mask=m_r[:, None], other=0.0)  # [BM, D]
@@ -336,26 +362,15 @@ def _attn_tile(n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, 
     basis: returns the updated row max, row sum and the two accumulator halves."""
     o_n = n0 + tl.arange(0, BLOCK_N)
     m_n = o_n < hi
-    b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-    b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-    b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
-    b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
-    # Codebook values of the high (even coordinates) and low (odd) nibbles: [BN, D/2] each.
-    if INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
-        b_ke = tl.load(lut_ptr + (b_kb >> 4)).to(tl.float32)
-        b_ko = tl.load(lut_ptr + (b_kb & 15)).to(tl.float32)
-    else:
-        b_ke, b_ko = _dequant_prmt(b_kb, t0, t1, t2, t3, t4, t5, t6, t7)
+    b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
+    b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)  # [BN, D/2] each
     b_s = (tl.dot(b_qe, tl.trans(b_ke)) + tl.dot(b_qo, tl.trans(b_ko))) * b_kn[None, :]  # [BM, BN]
     keep = (o_n[None, :] <= pos_r[:, None]) & m_n[None, :]
     b_s = tl.where(keep, b_s, float("-inf"))
     m_new, b_p, alpha, b_l = _online_softmax(b_s, b_m, b_l)
     b_pv = b_p * b_vn[None, :]
-    if INTERPRET:
-        b_ve = tl.load(lut_ptr + (b_vb >> 4)).to(tl.float32)
-        b_vo = tl.load(lut_ptr + (b_vb & 15)).to(tl.float32)
-    else:
-        b_ve, b_vo = _dequant_prmt(b_vb, t0, t1, t2, t3, t4, t5, t6, t7)
+    b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)
+    if not INTERPRET:
         b_pv = b_pv.to(tl.bfloat16)
     b_ae = b_ae * alpha[:, None] + tl.dot(b_pv, b_ve)
     b_ao = b_ao * alpha[:, None] + tl.dot(b_pv, b_vo)
@@ -375,14 +390,8 @@ def _tq4_attn_kernel(
     tile, looking each K/V tile up as it goes; the output is rotated back. Prefill over a cache
     too long for the scratch of _tq4_dequant_kernel."""
     HALF: tl.constexpr = D // 2
-    i_m, i_bh = tl.program_id(0), tl.program_id(2)
-    i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
-    # Causal prefill tiles further down the sequence do more work: launch them first.
-    i_m = tl.num_programs(0) - 1 - i_m
-    kv_len = tl.load(kv_len_ptr).to(tl.int32)
-
-    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, 0, kv_len, Lq, M_total, 1, G, BLOCK_M, BLOCK_N)
-
+    i_b, i_kvh, i_bh, i_m, kv_len, o_r, m_r, pos_r, lo, hi = _prefill_tile(
+        kv_len_ptr, Lq, M_total, H_kv, G, BLOCK_M, BLOCK_N)
     o_h = tl.arange(0, HALF)
     p_q = qr_ptr + (i_bh * M_total + o_r)[:, None] * D
     b_qe = tl.load(p_q + 2 * o_h[None, :], mask=m_r[:, None], other=0.0)  # [BM, D/2] even coords
@@ -449,18 +458,9 @@ def _tq4_decode_kernel(
     for n0 in range(lo, hi, BLOCK_N):
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < hi
-        b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-        b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-        b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
-        b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
-        if INTERPRET:  # no inline PTX there: gather from the 16-entry table, in fp32
-            b_ke = tl.load(lut_ptr + (b_kb >> 4)).to(tl.float32)
-            b_ko = tl.load(lut_ptr + (b_kb & 15)).to(tl.float32)
-            b_ve = tl.load(lut_ptr + (b_vb >> 4)).to(tl.float32)
-            b_vo = tl.load(lut_ptr + (b_vb & 15)).to(tl.float32)
-        else:
-            b_ke, b_ko = _dequant_prmt(b_kb, t0, t1, t2, t3, t4, t5, t6, t7)
-            b_ve, b_vo = _dequant_prmt(b_vb, t0, t1, t2, t3, t4, t5, t6, t7)
+        b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
+        b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)
+        b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)
         b_sT = (tl.dot(b_ke, b_qeT) + tl.dot(b_ko, b_qoT)) * b_kn[:, None]  # [BN, BM]
         keep = (o_n[:, None] <= pos_r[None, :]) & m_n[:, None]
         b_sT = tl.where(keep, b_sT, float("-inf"))
