@@ -270,14 +270,28 @@ def _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _prefill_tile(kv_len_ptr, Lq, M_total, H_kv, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A prefill program's (batch, KV head, batch x KV head, query tile, kv_len) and the tile's
-    _rows_and_keys. Causal tiles further down the sequence do more work: they launch first."""
+def _used_splits(kv_len, nsplit, SPLIT_KEYS: tl.constexpr):
+    """How many of its nsplit key ranges a split prefill uses: one per SPLIT_KEYS cached keys, at
+    least one, so a short cache is not cut into ranges whose merge costs more than spreading them
+    over SMs gains (with one, the attention stores the output itself and the merge does nothing)."""
+    return tl.minimum(nsplit, tl.maximum(1, kv_len // SPLIT_KEYS))
+
+
+@triton.jit
+def _prefill_tile(kv_len_ptr, Lq, M_total, H_kv, nsplit, G: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, SPLIT_KEYS: tl.constexpr):
+    """A prefill program's (batch, KV head, batch x KV head, query tile, kv_len), the tile's
+    _rows_and_keys for split program_id(1), and the number of splits in use: nsplit, or with
+    SPLIT_KEYS > 0 _used_splits (programs past it get an empty key range). Causal tiles further
+    down the sequence do more work: they launch first."""
     i_bh = tl.program_id(2)
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
-    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, 0, kv_len, Lq, M_total, 1, G, BLOCK_M, BLOCK_N)
-    return i_bh // H_kv, i_bh % H_kv, i_bh, i_m, kv_len, o_r, m_r, pos_r, lo, hi
+    ns = nsplit
+    if SPLIT_KEYS > 0:
+        ns = _used_splits(kv_len, nsplit, SPLIT_KEYS)
+    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, tl.program_id(1), kv_len, Lq, M_total, ns, G, BLOCK_M, BLOCK_N)
+    return i_bh // H_kv, i_bh % H_kv, i_bh, i_m, kv_len, ns, o_r, m_r, pos_r, lo, hi
 
 
 @triton.jit
@@ -319,40 +333,51 @@ def _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
 
 @triton.jit
 def _dense_attn_kernel(
-    q_ptr, kd_ptr, vd_ptr, kv_len_ptr, out_ptr,
-    stride_qb, stride_qh, stride_ql, stride_ob, stride_oh, stride_ol, Lq, M_total, H_kv, S,
+    q_ptr, kd_ptr, vd_ptr, kv_len_ptr, out_ptr, po_ptr, plse_ptr,
+    stride_qb, stride_qh, stride_ql, stride_ob, stride_oh, stride_ol, Lq, M_total, H_kv, S, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    SPLIT_KEYS: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Causal flash attention of the queries as given (not rotated, not scaled) over the rows
     _tq4_dequant_kernel decompressed (K carries the score scale), one program per GQA-packed query
-    tile. Tiles wholly at or before the tile's first query position (and inside [lo, hi)) need no
-    mask: in causal prefill, every tile left of the diagonal, and compiled for sm_90 the unmasked
-    step is about half the masked one's instructions."""
-    i_b, i_kvh, i_bh, i_m, kv_len, o_r, m_r, pos_r, lo, hi = _prefill_tile(
-        kv_len_ptr, Lq, M_total, H_kv, G, BLOCK_M, BLOCK_N)
-    o_d = tl.arange(0, D)
-    b_q = tl.load(_gqa_rows(q_ptr, i_b, i_kvh, o_r, stride_qb, stride_qh, stride_ql, G) + o_d[None, :],
-                  mask=m_r[:, None], other=0.0)  # [BM, D]
-    if INTERPRET:
-        b_q = b_q.to(tl.float32)
-    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    b_l = tl.zeros([BLOCK_M], tl.float32)
-    b_acc = tl.zeros([BLOCK_M, D], tl.float32)
-    p_kd = kd_ptr + i_bh.to(tl.int64) * S * D
-    p_vd = vd_ptr + i_bh.to(tl.int64) * S * D
-    first = kv_len - Lq + (i_m * BLOCK_M) // G
-    mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
-    for n0 in range(lo, mid, BLOCK_N):
-        b_m, b_l, b_acc = _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
-                                      D, BLOCK_N, INTERPRET, False)
-    for n0 in range(mid, hi, BLOCK_N):
-        b_m, b_l, b_acc = _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
-                                      D, BLOCK_N, INTERPRET, True)
-    # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
-    b_acc = b_acc * tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)[:, None]
-    tl.store(_gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G) + o_d[None, :],
-             b_acc.to(tl.bfloat16), mask=m_r[:, None])
+    tile and key split. Tiles wholly at or before the tile's first query position (and inside
+    [lo, hi)) need no mask: in causal prefill, every tile left of the diagonal, and compiled for
+    sm_90 the unmasked step is about half the masked one's instructions. SPLIT_KEYS > 0: the keys
+    are cut into up to nsplit ranges (_used_splits) and each program stores its partial output and
+    log-sum-exp (po / plse, merged by _prefill_merge_kernel), for a short chunk over a long cache,
+    whose few query tiles alone would leave most SMs idle."""
+    i_b, i_kvh, i_bh, i_m, kv_len, ns, o_r, m_r, pos_r, lo, hi = _prefill_tile(
+        kv_len_ptr, Lq, M_total, H_kv, nsplit, G, BLOCK_M, BLOCK_N, SPLIT_KEYS)
+    i_s = tl.program_id(1)
+    if i_s < ns:  # the programs of splits not in use (a short cache) stop here
+        o_d = tl.arange(0, D)
+        b_q = tl.load(_gqa_rows(q_ptr, i_b, i_kvh, o_r, stride_qb, stride_qh, stride_ql, G) + o_d[None, :],
+                      mask=m_r[:, None], other=0.0)  # [BM, D]
+        if INTERPRET:
+            b_q = b_q.to(tl.float32)
+        b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        b_l = tl.zeros([BLOCK_M], tl.float32)
+        b_acc = tl.zeros([BLOCK_M, D], tl.float32)
+        p_kd = kd_ptr + i_bh.to(tl.int64) * S * D
+        p_vd = vd_ptr + i_bh.to(tl.int64) * S * D
+        first = kv_len - Lq + (i_m * BLOCK_M) // G
+        mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
+        for n0 in range(lo, mid, BLOCK_N):
+            b_m, b_l, b_acc = _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
+                                          D, BLOCK_N, INTERPRET, False)
+        for n0 in range(mid, hi, BLOCK_N):
+            b_m, b_l, b_acc = _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
+                                          D, BLOCK_N, INTERPRET, True)
+        # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
+        b_acc = b_acc * tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)[:, None]
+        if ns == 1:
+            tl.store(_gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G) + o_d[None, :],
+                     b_acc.to(tl.bfloat16), mask=m_r[:, None])
+        elif SPLIT_KEYS > 0:
+            row = (i_bh * nsplit + i_s) * M_total + o_r
+            lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+            tl.store(plse_ptr + row, lse, mask=m_r)
+            tl.store(po_ptr + row[:, None] * D + o_d[None, :], b_acc, mask=m_r[:, None])
 
 
 @triton.jit
@@ -390,8 +415,8 @@ def _tq4_attn_kernel(
     tile, looking each K/V tile up as it goes; the output is rotated back. Prefill over a cache
     too long for the scratch of _tq4_dequant_kernel."""
     HALF: tl.constexpr = D // 2
-    i_b, i_kvh, i_bh, i_m, kv_len, o_r, m_r, pos_r, lo, hi = _prefill_tile(
-        kv_len_ptr, Lq, M_total, H_kv, G, BLOCK_M, BLOCK_N)
+    i_b, i_kvh, i_bh, i_m, kv_len, ns, o_r, m_r, pos_r, lo, hi = _prefill_tile(
+        kv_len_ptr, Lq, M_total, H_kv, 1, G, BLOCK_M, BLOCK_N, 0)
     o_h = tl.arange(0, HALF)
     p_q = qr_ptr + (i_bh * M_total + o_r)[:, None] * D
     b_qe = tl.load(p_q + 2 * o_h[None, :], mask=m_r[:, None], other=0.0)  # [BM, D/2] even coords
@@ -529,6 +554,39 @@ def _tq4_combine_kernel(
              b_out.to(tl.bfloat16))
 
 
+@triton.jit
+def _prefill_merge_kernel(
+    po_ptr, plse_ptr, out_ptr, kv_len_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT_KEYS: tl.constexpr,
+):
+    """Merge a split prefill's partial outputs (_dense_attn_kernel, output columns already) by
+    log-sum-exp weights, BLOCK_R rows per program: a prefill chunk has thousands of rows, where
+    _tq4_combine_kernel's one program per row and column chunk spent ~50 us launching programs.
+    Nothing to do when the attention used one key range (it stored the output itself)."""
+    i_r, i_bh = tl.program_id(0), tl.program_id(1)
+    ns = _used_splits(tl.load(kv_len_ptr).to(tl.int32), nsplit, SPLIT_KEYS)
+    if ns > 1:
+        i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
+        o_r = i_r * BLOCK_R + tl.arange(0, BLOCK_R)
+        m_r = o_r < M_total
+        o_d = tl.arange(0, D)
+        row0 = i_bh * nsplit * M_total + o_r  # partial rows of split s: row0 + s * M_total
+        m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+        for i_s in range(ns):
+            m = tl.maximum(m, tl.load(plse_ptr + row0 + i_s * M_total, mask=m_r, other=float("-inf")))
+        m_use = tl.where(m == float("-inf"), 0.0, m)  # rows that kept nothing anywhere: zeros
+        w_sum = tl.zeros([BLOCK_R], tl.float32)
+        b_o = tl.zeros([BLOCK_R, D], tl.float32)
+        for i_s in range(ns):
+            p_row = row0 + i_s * M_total
+            w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_r, other=float("-inf")) - m_use)
+            w_sum += w
+            b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_r[:, None], other=0.0)
+        b_o = b_o * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)[:, None]
+        tl.store(_gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G) + o_d[None, :],
+                 b_o.to(tl.bfloat16), mask=m_r[:, None])
+
+
 # --------------------------------------------------------------------------------------------
 # Launcher
 # --------------------------------------------------------------------------------------------
@@ -573,11 +631,13 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
         raise ValueError(f"tq4_sdpa: all inputs must be on one device, got {sorted(map(str, devices))}")
 
 
-# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit (> 1: the split-K
-# decode kernel, else the tile kernel), warps, stages, dense, rotate (rows, columns, programs per
+# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit (key ranges per query
+# tile: > 1 takes the split-K decode kernel, or splits the scratch path's tiles; both then merge),
+# warps, stages, dense, rotate (rows, columns, programs per
 # column chunk, warps of the query rotation), combine (splits per step, columns, warps, stages
-# of the split merge) and scratch (rows per program, columns per step, warps of the prefill
-# scratch kernel).
+# of the split merge), scratch (rows per program, columns per step, warps of the prefill scratch
+# kernel), split_keys (cached keys per key range of a split prefill) and merge (rows per program,
+# warps of a split prefill's merge).
 CONFIG_OVERRIDE: dict | None = None
 # Prefill looks the cache up once into a bf16 scratch of 2 x B x H_kv x S x D (K and V) when that
 # fits here; a long cache (S is its capacity, not kv_len) keeps the fused lookup instead of holding
@@ -593,7 +653,9 @@ def _config(M_total, S, B, H_kv, D, device):
     sms = _num_sms(device)
     # Prefill's scratch kernel: 64 rows per program; at head_dim 256, 64 output columns per step
     # and 8 warps (4 spill), below 32 columns and 4 warps (H100 sweep, results/attention.md).
-    scratch = (64, 64, 8) if D == 256 else (64, 32, 4)
+    # A split prefill uses one key range per 1024 cached keys; its merge takes 32 rows per program.
+    common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
+                  combine=(16, 64, 4, 1))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are wgmma's M, read from shared memory)
         # with one pipeline stage, 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key
@@ -605,19 +667,31 @@ def _config(M_total, S, B, H_kv, D, device):
         max_splits = triton.cdiv(2 * sms, B * H_kv)  # independent of S: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
         return dict(block_m=16, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4, stages=1,
-                    dense=False, rotate=(16, 32, 1, 4), combine=(16, 64, 4, 1),
-                    scratch=scratch) | (CONFIG_OVERRIDE or {})
+                    dense=False, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
     # Prefill's query rotation: 128 x 128 tiles, one persistent program per SM (H100 sweep).
     rotate = (128, min(128, D), triton.cdiv(sms, B * H_kv * max(1, D // 128)), 8)
     if statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):
         # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256
         # (3 do not fit in shared memory), 3 below.
         bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
-        cfg = dict(block_m=bm, block_n=bn, nsplit=1, warps=warps, stages=stages, dense=True, rotate=rotate)
+        # A short chunk over a long cache: when its query tiles (at most, for a dynamic L_q) fill
+        # at most half the SMs, split the keys too, up to about two programs per SM, using one
+        # range per split_keys cached keys (_used_splits).
+        tiles = triton.cdiv(M_total, bm) * B * H_kv
+        nsplit = 1
+        if statically_known_true(2 * tiles <= sms):
+            nsplit = next((ns for ns in (32, 16, 8, 4, 2) if statically_known_true(tiles * ns <= 2 * sms)), 1)
+        cfg = dict(block_m=bm, block_n=bn, nsplit=nsplit, warps=warps, stages=stages, dense=True, rotate=rotate)
     else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
         cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=False,
                    rotate=rotate)
-    return cfg | dict(scratch=scratch) | (CONFIG_OVERRIDE or {})
+    return cfg | common | (CONFIG_OVERRIDE or {})
+
+
+def _partials(rows, D, dev):
+    """Split-K partial outputs [rows, D] and their log-sum-exps [rows], fp32."""
+    return (torch.empty((rows, D), dtype=torch.float32, device=dev),
+            torch.empty((rows,), dtype=torch.float32, device=dev))
 
 
 def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len, scale=None):
@@ -652,11 +726,19 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
             k_packed, v_packed, k_norms, v_norms, centroids, rot, kv_len, kd, vd, *kstrides, *nstrides,
             H_kv, S, scale * LOG2E, D=D, BLOCK_N=sn, BLOCK_C=sc, INTERPRET=interpret, num_warps=sw,
         )
+        split_keys = cfg["split_keys"] if nsplit > 1 else 0
+        po, plse = _partials(B * H_kv * nsplit * M_total, D, dev) if nsplit > 1 else (out, out)
         wrap_triton(_dense_attn_kernel)[grid](
-            q, kd, vd, kv_len, out, *q_strides, *out_strides, Lq, M_total, H_kv, S,
-            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
-            num_warps=cfg["warps"], num_stages=cfg["stages"],
+            q, kd, vd, kv_len, out, po, plse, *q_strides, *out_strides, Lq, M_total, H_kv, S, nsplit,
+            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT_KEYS=split_keys,
+            INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
         )
+        if nsplit > 1:
+            mr, mw = cfg["merge"]
+            wrap_triton(_prefill_merge_kernel)[(triton.cdiv(M_total, mr), B * H_kv)](
+                po, plse, out, kv_len, *out_strides, M_total, H_kv, nsplit,
+                G=G, D=D, BLOCK_R=mr, SPLIT_KEYS=split_keys, num_warps=mw,
+            )
         return out
 
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
@@ -668,8 +750,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
     if nsplit > 1:  # split-K: partial outputs and their log-sum-exps, then one merge that rotates back
-        po = torch.empty((B * H_kv * nsplit * M_total, D), dtype=torch.float32, device=dev)
-        plse = torch.empty((B * H_kv * nsplit * M_total,), dtype=torch.float32, device=dev)
+        po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
         wrap_triton(_tq4_decode_kernel)[grid](
             q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
             *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,

@@ -68,7 +68,8 @@ def test_prefill_with_and_without_the_dense_scratch(B, H_q, H_kv, Lq, S, kv_len,
     from tq_kernels import tq4_sdpa as mod
 
     assert mod._config(Lq * H_q // H_kv, S, B, H_kv, D, torch.device("cpu"))["dense"]
-    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"dense": dense})
+    # (the path without the scratch takes one key range per query tile)
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"dense": True} if dense else {"dense": False, "nsplit": 1})
     args = make_args(B, H_q, H_kv, Lq, S, kv_len, D)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
@@ -121,6 +122,40 @@ def test_scratch_rows_are_the_decompressed_cache(D):
         assert (got[:, :, kv_len:] == 7.0).all()
 
 
+
+@interpreted
+@pytest.mark.parametrize("Lq,kv_len,nsplit,split_keys", [(37, 90, 3, 16), (37, 37, 5, 8), (64, 300, 4, 64),
+                                                          (37, 90, 3, 1024)])
+def test_prefill_over_the_scratch_split_over_keys(Lq, kv_len, nsplit, split_keys, monkeypatch):
+    """A chunk after cached positions, or a fresh prompt, with the scratch path's keys cut into
+    up to nsplit ranges per query tile (one per split_keys cached keys; some empty for the early
+    tiles) and merged; with one range in use (the last case) the attention stores the output
+    itself and the merge leaves it."""
+    from tq_kernels import tq4_sdpa as mod
+
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"block_m": 32, "block_n": 16, "nsplit": nsplit, "dense": True,
+                                                 "split_keys": split_keys})
+    args = make_args(2, 8, 2, Lq, 300, kv_len, 64)
+    cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+def test_prefill_splits_keys_only_when_its_tiles_leave_sms_idle():
+    from tq_kernels import tq4_sdpa as mod
+
+    cpu, sms = torch.device("cpu"), mod._num_sms(torch.device("cpu"))
+    # A 4096-token prompt (qwen3.5-moe heads: 512 query tiles) and a 512-token chunk with llama
+    # heads (128 tiles) fill the SMs; a 512-token chunk with qwen heads (64) or a few tokens do not.
+    assert mod._config(4096 * 8, 4096, 1, 2, 256, cpu)["nsplit"] == 1
+    assert mod._config(512 * 4, 8192, 1, 8, 128, cpu)["nsplit"] == 1
+    for M_total in (512 * 8, 40):
+        cfg = mod._config(M_total, 32768, 1, 2, 256, cpu)
+        tiles = -(-M_total // cfg["block_m"]) * 2
+        # About two programs per SM at most; the most splits that allows, up to 32.
+        assert cfg["dense"] and 1 < cfg["nsplit"] and tiles * cfg["nsplit"] <= 2 * sms
+        assert cfg["nsplit"] == 32 or 2 * sms < 2 * tiles * cfg["nsplit"]
+
+
 @interpreted
 @pytest.mark.parametrize("D", [64, 256])
 def test_query_rotation_walks_more_row_tiles_than_programs(D, monkeypatch):
@@ -129,7 +164,7 @@ def test_query_rotation_walks_more_row_tiles_than_programs(D, monkeypatch):
     tile ragged (the path without the scratch: that one does not rotate the queries)."""
     from tq_kernels import tq4_sdpa as mod
 
-    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"rotate": (16, 32, 3, 4), "dense": False})
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"rotate": (16, 32, 3, 4), "dense": False, "nsplit": 1})
     args = make_args(1, 8, 2, 37, 40, 40, D)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
