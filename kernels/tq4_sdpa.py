@@ -19,14 +19,16 @@ kernel merges the partial results and rotates them back. Its kernel computes the
 (K q^T, V^T P^T: keys and coordinates as the MMA rows), so sm_90 runs wgmma from shared memory
 instead of mma.sync fed through register shuffles.
 
-Prefill is the other way round: every query tile reads every cache row, and the G x L_q query
-rows outnumber the cache rows. When the bf16 copy is small (a short cache), a first kernel
-decompresses each row once, back out of the rotated basis (norm * c[idx] @ R, S x D x D work per
-KV head instead of 2 x G x L_q x D x D to rotate the queries and outputs), into a scratch buffer,
-and a plain bf16 flash attention of the queries as given reads it: GQA-packed tiles (one tile holds
-G query heads x BLOCK_M/G positions that share one KV head), the tiles left of the diagonal
-without the causal mask. Over a longer cache, prefill looks K/V up per tile in the rotated basis
-like decode does.
+Prefill is the other way round: every query tile reads every cache row, and for a whole prompt
+the G x L_q query rows outnumber the cache rows G times. When the bf16 copy is small (a short
+cache), a first kernel decompresses each row once, back out of the rotated basis (norm * c[idx]
+@ R, S x D x D work per KV head instead of 2 x G x L_q x D x D to rotate the queries and
+outputs), into a scratch buffer, and a plain bf16 flash attention of the queries as given reads
+it: GQA-packed tiles (one tile holds G query heads x BLOCK_M/G positions that share one KV head),
+the tiles left of the diagonal without the causal mask. A chunk whose query tiles would leave
+SMs idle (a short chunk over a long cache) also splits the keys over programs and merges them,
+like decode. Over a longer cache than the scratch allows, prefill looks K/V up per tile in the
+rotated basis like decode does.
 kv_len is read on the device: no host sync, CUDA-graph safe, and the loops stop at kv_len and at
 the causal bound, never visiting empty cache.
 
