@@ -8,8 +8,9 @@ its rotated unit vector y = u @ R^T. Decode never decompresses the cache to memo
 
 so the inner loop reads 2 bytes per 4 coordinates (plus one norm per row), looks each nibble up in
 the 16-entry codebook, and feeds tensor-core dots. The lookup is the cost that decides the speed:
-on the GPU it runs in registers with byte permutes (`_dequant_prmt`, about 3.5 instructions per
-value, no memory access); a gather from a table in memory ran 3x slower. Two more tricks:
+on the GPU it runs in registers with byte permutes (`_dequant_prmt`, 2.25 instructions per value,
+no memory access; the codebook's symmetry halves the table); a gather from a table in memory ran
+3x slower. Two more tricks:
   * no nibble interleaving: the high nibbles are the even coordinates and the low nibbles the odd
     ones, so the query is loaded as its even and odd halves and every dot is split in two;
   * norms scale the [M, N] score / probability tiles, never the [N, D] K / V tiles.
@@ -44,6 +45,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 
 LOG2E = 1.4426950408889634
@@ -77,7 +79,7 @@ def _rotate_q_kernel(
         o_l = tl.arange(0, 16)
         tl.store(lut_ptr + o_l, tl.load(cent_ptr + o_l).to(tl.bfloat16))
         tables = _codebook_tables(cent_ptr)
-        for i in tl.static_range(8):
+        for i in tl.static_range(4):
             tl.store(tab_ptr + i, tables[i])
     o_d = tl.arange(0, D)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -121,22 +123,31 @@ def _gqa_rows(ptr, i_b, i_kvh, o_r, stride_b, stride_h, stride_l, G: tl.constexp
 
 def _prmt_asm() -> str:
     """PTX for `_dequant_prmt` with pack=4: operands $0-$1 even pairs, $2-$3 odd pairs, $4 the
-    four bytes, then each table word as 4 copies ($5, $9, ... $33 are used)."""
-    t = [f"${5 + 4 * i}" for i in range(8)]
-    lines = ["{", ".reg .b32 s, y, m, a, b, lo, hi;", "shl.b32 y, $4, 4;"]  # y: low nibbles moved up
+    four bytes, then each table word as 4 copies ($5, $9, $13, $17 are used)."""
+    tl_lo, th_lo, tl_hi, th_hi = "$5", "$9", "$13", "$17"
+    lines = [
+        "{", ".reg .b32 s, t, y, m, lo, hi, one, seven, sign;",
+        "mov.b32 one, 0x11111111;", "mov.b32 seven, 0x77777777;", "mov.b32 sign, 0x80808080;",
+        # Magnitude index of every nibble k: k & 7 for k >= 8, 7 - k below (the mirror entry).
+        "shr.u32 t, $4, 3;",
+        "lop3.b32 t, t, one, one, 0x0C;",  # ~(k >> 3) & 1 per nibble: 1 where bit 3 is clear
+        "mul.lo.u32 t, t, 7;",
+        "lop3.b32 s, $4, t, seven, 0x28;",  # (k ^ 7 where bit 3 is clear) & 7
+        "shl.b32 y, $4, 4;",  # low nibbles moved up, for the sign masks
+    ]
     # Per half (bytes 0-1, then 2-3) the selector nibbles run: low nibble of byte 0, its high
-    # nibble, low nibble of byte 1, its high nibble. The mask selectors name, for each, the byte
-    # whose bit 7 is that nibble's bit 3 (of y for a low nibble, of $4 for a high one) with
-    # selector bit 3 set: prmt's sign mode then writes 0xFF or 0x00, the whole mask in one instruction.
+    # nibble, low nibble of byte 1, its high nibble (prmt reads bits 0-15). The mask selectors
+    # name, for each, the byte whose bit 7 is that nibble's bit 3 (of y for a low nibble, of $4
+    # for a high one) with selector bit 3 set: prmt's sign mode then writes 0xFF or 0x00, the
+    # whole mask in one instruction. A bf16 entry and its mirror differ only in the sign bit.
     for half, (e_out, o_out, mask_sel) in enumerate((("$0", "$2", "0x9D8C"), ("$1", "$3", "0xBFAE"))):
+        if half:
+            lines.append("shr.u32 s, s, 16;")
         lines += [
-            "shr.u32 s, $4, 16;" if half else "mov.b32 s, $4;",
-            "and.b32 s, s, 0x7777;",  # nibble indices with bit 3 cleared: prmt selectors
             f"prmt.b32 m, $4, y, {mask_sel};",  # 0xFF where the nibble's bit 3 is set
-            f"prmt.b32 a, {t[0]}, {t[1]}, s;", f"prmt.b32 b, {t[2]}, {t[3]}, s;",
-            "lop3.b32 lo, a, b, m, 0xD8;",  # (a & ~m) | (b & m)
-            f"prmt.b32 a, {t[4]}, {t[5]}, s;", f"prmt.b32 b, {t[6]}, {t[7]}, s;",
-            "lop3.b32 hi, a, b, m, 0xD8;",
+            f"prmt.b32 lo, {tl_lo}, {th_lo}, s;",  # low bytes of the magnitudes
+            f"prmt.b32 hi, {tl_hi}, {th_hi}, s;",  # high bytes
+            "lop3.b32 hi, hi, m, sign, 0xF2;",  # hi | (~m & 0x80): entries 0-7 are negative
             f"prmt.b32 {e_out}, lo, hi, 0x7351;",  # high nibbles (even coordinates) as bf16 pairs
             f"prmt.b32 {o_out}, lo, hi, 0x6240;",  # low nibbles (odd coordinates)
         ]
@@ -149,40 +160,40 @@ _PRMT_ASM = tl.constexpr(_prmt_asm())
 
 
 @triton.jit
-def _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7):
+def _dequant_prmt(b, t0, t1, t2, t3):
     """uint8 [..] -> (codebook value of the high nibble, of the low nibble), bf16, in registers.
 
-    Each instance takes 2 packed bytes, i.e. 4 nibbles, and looks them up with byte permutes
-    (`prmt`): the raw 16 bits of the two bytes, with bit 3 of each nibble cleared, select bytes
-    out of an 8-byte table. Two tables (entries 0-7 and 8-15) and a per-byte select on bit 3 (its
-    mask made by one more permute, in sign mode) give the low bytes of the bf16 entries, the same
-    again the high bytes, and two more permutes interleave them into bf16 pairs: 11 instructions
-    per 4 values, no memory access. tests/test_tq4_lookup_ptx.py runs the PTX on every byte pair.
-    t0..t3 hold the low bytes of entries 0-3, 4-7, 8-11, 12-15; t4..t7 the high bytes.
+    Each instance takes 4 packed bytes, i.e. 8 nibbles, and looks them up with byte permutes
+    (`prmt`). A TurboQuant codebook is symmetric (c[15 - k] = -c[k]), so an 8-entry table of the
+    magnitudes c[8..15] serves all 16: a nibble k selects entry k & 7 when bit 3 is set and
+    7 - (k & 7) when not, and the latter gets the sign bit. Per two bytes, one permute gives the
+    low bytes of the four bf16 entries, one the high bytes, one (in sign mode) the sign mask, and
+    two more interleave them into bf16 pairs: 18 instructions per 8 values, no memory access.
+    tests/test_tq4_lookup_ptx.py runs the PTX on every byte pair.
+    t0, t1 hold the low bytes of magnitudes 0-3, 4-7; t2, t3 their high bytes.
     """
     return tl.inline_asm_elementwise(
-        asm=_PRMT_ASM, constraints="=r,=r,=r,=r,r" + ",r" * 32,
-        args=[b, t0, t1, t2, t3, t4, t5, t6, t7],
+        asm=_PRMT_ASM, constraints="=r,=r,=r,=r,r" + ",r" * 16,
+        args=[b, t0, t1, t2, t3],
         dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4,
     )
 
 
 @triton.jit
 def _lookup_table(tab_ptr):
-    """The eight 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from."""
-    return (tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3),
-            tl.load(tab_ptr + 4), tl.load(tab_ptr + 5), tl.load(tab_ptr + 6), tl.load(tab_ptr + 7))
+    """The four 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from."""
+    return tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3)
 
 
 @triton.jit
-def _lookup(b, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET: tl.constexpr):
+def _lookup(b, lut_ptr, t0, t1, t2, t3, INTERPRET: tl.constexpr):
     """Codebook values of the high (even coordinates) and low (odd) nibbles of packed bytes b:
     in registers by _dequant_prmt on the GPU; under the interpreter (no inline PTX there)
     gathered from the table at lut_ptr, in fp32."""
     if INTERPRET:
         b_e, b_o = tl.load(lut_ptr + (b >> 4)).to(tl.float32), tl.load(lut_ptr + (b & 15)).to(tl.float32)
     else:
-        b_e, b_o = _dequant_prmt(b, t0, t1, t2, t3, t4, t5, t6, t7)
+        b_e, b_o = _dequant_prmt(b, t0, t1, t2, t3)
     return b_e, b_o
 
 
@@ -204,18 +215,33 @@ def _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh,
 
 
 @triton.jit
+def _bf16_bits(x):
+    """The 16 bits of finite fp32 x rounded to bf16 (to nearest even, as torch rounds), in an
+    int32; integer arithmetic, because the interpreter's own conversion truncates."""
+    b = x.to(tl.int32, bitcast=True)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
+
+
+@triton.jit
 def _codebook_tables(cent_ptr):
-    """The eight 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from:
-    t0..t3 the low bytes of entries 0-3, 4-7, 8-11, 12-15 (byte j of a word = entry 4w + j), t4..t7
-    the high bytes. Summing disjoint byte lanes is an OR."""
+    """The four 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from:
+    t0, t1 the low bytes of the magnitudes c[8..11], c[12..15] (byte j of a word = entry 4w + j),
+    t2, t3 their high bytes. Summing disjoint byte lanes is an OR. A codebook that is not
+    symmetric in bf16 gets NaN tables, so the op's output is NaN rather than silently wrong (the
+    GPU cannot raise without a host sync; the CPU paths raise)."""
     o = tl.arange(0, 16)
-    bits = tl.load(cent_ptr + o).to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    shift, w = (o % 4) * 8, o // 4
+    bits = _bf16_bits(tl.load(cent_ptr + o))
+    mirror = _bf16_bits(tl.load(cent_ptr + 15 - o))
+    symmetric = tl.max(tl.where(bits == (mirror ^ 0x8000), 0, 1), 0) == 0
+    upper, shift, w = o >= 8, (o % 4) * 8, (o // 4) % 2
     lo, hi = (bits & 0xFF) << shift, (bits >> 8) << shift
-    return (tl.sum(tl.where(w == 0, lo, 0), 0), tl.sum(tl.where(w == 1, lo, 0), 0),
-            tl.sum(tl.where(w == 2, lo, 0), 0), tl.sum(tl.where(w == 3, lo, 0), 0),
-            tl.sum(tl.where(w == 0, hi, 0), 0), tl.sum(tl.where(w == 1, hi, 0), 0),
-            tl.sum(tl.where(w == 2, hi, 0), 0), tl.sum(tl.where(w == 3, hi, 0), 0))
+    t0 = tl.sum(tl.where(upper & (w == 0), lo, 0), 0)
+    t1 = tl.sum(tl.where(upper & (w == 1), lo, 0), 0)
+    t2 = tl.sum(tl.where(upper & (w == 0), hi, 0), 0)
+    t3 = tl.sum(tl.where(upper & (w == 1), hi, 0), 0)
+    nan_lo, nan_hi = -1061109568, 0x7F7F7F7F  # bytes 0xC0 and 0x7F: bf16 0x7FC0, a NaN
+    return (tl.where(symmetric, t0, nan_lo), tl.where(symmetric, t1, nan_lo),
+            tl.where(symmetric, t2, nan_hi), tl.where(symmetric, t3, nan_hi))
 
 
 @triton.jit
@@ -238,7 +264,7 @@ def _tq4_dequant_kernel(
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < kv_len
         o_h = tl.arange(0, HALF)
-        t0, t1, t2, t3, t4, t5, t6, t7 = _codebook_tables(cent_ptr)
+        t0, t1, t2, t3 = _codebook_tables(cent_ptr)
         src = i_b * stride_kb + i_kvh * stride_kh + o_n[:, None] * stride_ks + o_h[None, :]
         p_norm = i_b * stride_nb + i_kvh * stride_nh + o_n
         dst = (i_bh.to(tl.int64) * S + o_n[:, None]) * D
@@ -247,7 +273,7 @@ def _tq4_dequant_kernel(
             b_n = tl.load((kn_ptr if i == 0 else vn_ptr) + p_norm, mask=m_n, other=0.0).to(tl.float32)
             if i == 0:
                 b_n = b_n * qk_scale
-            b_e, b_o = _lookup(b, cent_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)
+            b_e, b_o = _lookup(b, cent_ptr, t0, t1, t2, t3, INTERPRET)
             for c0 in tl.static_range(0, D, BLOCK_C):
                 b_d = _unrotate(b_e, b_o, rot_ptr, c0, D, BLOCK_C, INTERPRET) * b_n[:, None]
                 o_c = c0 + tl.arange(0, BLOCK_C)
@@ -384,19 +410,19 @@ def _dense_attn_kernel(
 
 @triton.jit
 def _attn_tile(n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, stride_ks,
-               o_h, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
+               o_h, lut_ptr, t0, t1, t2, t3, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
     """One BLOCK_N step of the flash loop over compressed keys [n0, n0 + BLOCK_N), in the rotated
     basis: returns the updated row max, row sum and the two accumulator halves."""
     o_n = n0 + tl.arange(0, BLOCK_N)
     m_n = o_n < hi
     b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
-    b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)  # [BN, D/2] each
+    b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, INTERPRET)  # [BN, D/2] each
     b_s = (tl.dot(b_qe, tl.trans(b_ke)) + tl.dot(b_qo, tl.trans(b_ko))) * b_kn[None, :]  # [BM, BN]
     keep = (o_n[None, :] <= pos_r[:, None]) & m_n[None, :]
     b_s = tl.where(keep, b_s, float("-inf"))
     m_new, b_p, alpha, b_l = _online_softmax(b_s, b_m, b_l)
     b_pv = b_p * b_vn[None, :]
-    b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)
+    b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, INTERPRET)
     if not INTERPRET:
         b_pv = b_pv.to(tl.bfloat16)
     b_ae = b_ae * alpha[:, None] + tl.dot(b_pv, b_ve)
@@ -425,7 +451,7 @@ def _tq4_attn_kernel(
     b_qo = tl.load(p_q + 2 * o_h[None, :] + 1, mask=m_r[:, None], other=0.0)  # odd coords
     if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
         b_qe, b_qo = b_qe.to(tl.float32), b_qo.to(tl.float32)
-    t0, t1, t2, t3, t4, t5, t6, t7 = _lookup_table(tab_ptr)
+    t0, t1, t2, t3 = _lookup_table(tab_ptr)
 
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
@@ -436,7 +462,7 @@ def _tq4_attn_kernel(
     for n0 in range(lo, hi, BLOCK_N):
         b_m, b_l, b_ae, b_ao = _attn_tile(
             n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, stride_ks,
-            o_h, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, BLOCK_N, INTERPRET)
+            o_h, lut_ptr, t0, t1, t2, t3, BLOCK_N, INTERPRET)
 
     # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
     inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)
@@ -475,7 +501,7 @@ def _tq4_decode_kernel(
     b_qoT = tl.load(p_q + 2 * o_h[:, None] + 1, mask=m_r[None, :], other=0.0)  # odd coords
     if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
         b_qeT, b_qoT = b_qeT.to(tl.float32), b_qoT.to(tl.float32)
-    t0, t1, t2, t3, t4, t5, t6, t7 = _lookup_table(tab_ptr)
+    t0, t1, t2, t3 = _lookup_table(tab_ptr)
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
@@ -486,8 +512,8 @@ def _tq4_decode_kernel(
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < hi
         b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
-        b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)
-        b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, t4, t5, t6, t7, INTERPRET)
+        b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, INTERPRET)
+        b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, INTERPRET)
         b_sT = (tl.dot(b_ke, b_qeT) + tl.dot(b_ko, b_qoT)) * b_kn[:, None]  # [BN, BM]
         keep = (o_n[:, None] <= pos_r[None, :]) & m_n[:, None]
         b_sT = tl.where(keep, b_sT, float("-inf"))
@@ -628,6 +654,13 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
         raise ValueError(f"tq4_sdpa: rotation must be float32 [{D}, {D}], got {rotation.dtype} {tuple(rotation.shape)}")
     if kv_len.dtype != torch.int64 or kv_len.shape != (1,):
         raise ValueError(f"tq4_sdpa: kv_len must be an int64 tensor [1], got {kv_len.dtype} {tuple(kv_len.shape)}")
+    # The GPU lookup serves symmetric codebooks only, as every TurboQuant codebook is (Lloyd-Max
+    # for a symmetric law); it gives NaN for another. Its values are checked where reading them
+    # is free: on CPU tensors, not on the GPU (a host sync) or while tracing.
+    if centroids.device.type == "cpu" and not is_fake(centroids):
+        c = centroids.to(torch.bfloat16)
+        if not torch.equal(c, -c.flip(0)):
+            raise ValueError(f"tq4_sdpa: centroids must be symmetric (c[15 - k] = -c[k] in bf16), got {c.tolist()}")
     devices = {t.device for t in (q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len)}
     if len(devices) > 1:
         raise ValueError(f"tq4_sdpa: all inputs must be on one device, got {sorted(map(str, devices))}")
@@ -745,7 +778,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
 
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
     lut = torch.empty((16,), dtype=torch.bfloat16, device=dev)
-    tab = torch.empty((8,), dtype=torch.int32, device=dev)
+    tab = torch.empty((4,), dtype=torch.int32, device=dev)
     rm, rc, rp, rw = cfg["rotate"]
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc)](
         q, rot, q_rot, centroids, lut, tab, *q_strides, M_total, H_kv, scale * LOG2E,

@@ -3,9 +3,11 @@ Here a small emulator of the few PTX instructions it uses executes it on every p
 checks it against the codebook, so a change to the asm is checked on the CPU too."""
 
 import torch
+import triton
+import triton.language as tl
 
 from tq_export.turboquant import codebook
-from tq_kernels.tq4_sdpa import _prmt_asm
+from tq_kernels.tq4_sdpa import _codebook_tables, _prmt_asm
 
 MASK32 = 0xFFFFFFFF
 
@@ -51,6 +53,8 @@ def run_ptx(asm: str, regs: dict) -> dict:
             regs[a[0]] = value(a[1]) >> int(a[2])
         elif op == "shl.b32":
             regs[a[0]] = (value(a[1]) << int(a[2])) & MASK32
+        elif op == "mul.lo.u32":
+            regs[a[0]] = (value(a[1]) * value(a[2])) & MASK32
         elif op == "and.b32":
             regs[a[0]] = value(a[1]) & value(a[2])
         elif op == "prmt.b32":
@@ -62,11 +66,32 @@ def run_ptx(asm: str, regs: dict) -> dict:
     return regs
 
 
-def tables(bits: list[int]) -> list[int]:
-    """The 8 table words _rotate_q_kernel writes: low bytes of entries 4w..4w+3, then high bytes."""
-    low = [sum((bits[4 * w + j] & 0xFF) << (8 * j) for j in range(4)) for w in range(4)]
-    high = [sum((bits[4 * w + j] >> 8) << (8 * j) for j in range(4)) for w in range(4)]
-    return low + high
+@triton.jit
+def _tables_kernel(cent_ptr, out_ptr):
+    t0, t1, t2, t3 = _codebook_tables(cent_ptr)
+    tl.store(out_ptr, t0)
+    tl.store(out_ptr + 1, t1)
+    tl.store(out_ptr + 2, t2)
+    tl.store(out_ptr + 3, t3)
+
+
+def tables(centroids: torch.Tensor) -> list[int]:
+    """The 4 table words the kernels build from a codebook (under the interpreter on CPU)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = torch.zeros(4, dtype=torch.int32, device=dev)
+    _tables_kernel[(1,)](centroids.to(dev), out)
+    return [int(w) & MASK32 for w in out.cpu()]
+
+
+def test_tables_hold_the_magnitudes_and_turn_nan_for_an_asymmetric_codebook():
+    c = codebook(256, 4)[0]
+    bits = [int(v) & 0xFFFF for v in c.bfloat16().view(torch.int16)]
+    low = [sum((bits[8 + 4 * w + j] & 0xFF) << (8 * j) for j in range(4)) for w in range(2)]
+    high = [sum((bits[8 + 4 * w + j] >> 8) << (8 * j) for j in range(4)) for w in range(2)]
+    assert tables(c) == low + high
+    skewed = c.clone()
+    skewed[3] *= 1.01
+    assert tables(skewed) == [0xC0C0C0C0, 0xC0C0C0C0, 0x7F7F7F7F, 0x7F7F7F7F]  # bf16 0x7FC0: NaN
 
 
 def halves(r):
@@ -75,13 +100,13 @@ def halves(r):
 
 def test_prmt_lookup_matches_the_codebook_on_every_byte_pair():
     for d in (64, 128, 256):
-        bits = [int(v) & 0xFFFF for v in codebook(d, 4)[0].bfloat16().view(torch.int16)]
-        cb = torch.tensor(bits)
+        c = codebook(d, 4)[0]
+        cb = torch.tensor([int(v) & 0xFFFF for v in c.bfloat16().view(torch.int16)])
         n = torch.arange(65536, dtype=torch.int64)
         # Bytes 0-1 take every pair; bytes 2-3 every pair too, in another order.
         b = [n & 0xFF, n >> 8, (n * 7919 >> 3) & 0xFF, (n * 7919 >> 11) & 0xFF]
         word = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24
-        regs = {"$4": word, **{f"${5 + 4 * i}": torch.full_like(word, t) for i, t in enumerate(tables(bits))}}
+        regs = {"$4": word, **{f"${5 + 4 * i}": torch.full_like(word, t) for i, t in enumerate(tables(c))}}
         regs = run_ptx(_prmt_asm(), regs)
         even = halves(regs["$0"]) + halves(regs["$1"])  # high nibbles
         odd = halves(regs["$2"]) + halves(regs["$3"])  # low nibbles
