@@ -21,15 +21,15 @@ kernel merges the partial results and rotates them back. Its kernel computes the
 instead of mma.sync fed through register shuffles.
 
 Prefill is the other way round: every query tile reads every cache row, and for a whole prompt
-the G x L_q query rows outnumber the cache rows G times. When the bf16 copy is small (a short
-cache), a first kernel decompresses each row once, back out of the rotated basis (norm * c[idx]
-@ R, S x D x D work per KV head instead of 2 x G x L_q x D x D to rotate the queries and
-outputs), into a scratch buffer, and a plain bf16 flash attention of the queries as given reads
-it: GQA-packed tiles (one tile holds G query heads x BLOCK_M/G positions that share one KV head),
-the tiles left of the diagonal without the causal mask. A chunk whose query tiles would leave
-SMs idle (a short chunk over a long cache) also splits the keys over programs and merges them,
-like decode. Over a longer cache than the scratch allows, prefill looks K/V up per tile in the
-rotated basis like decode does.
+the G x L_q query rows outnumber the cache rows G times. A first kernel decompresses each row
+once, back out of the rotated basis (norm * c[idx] @ R, S x D x D work per KV head instead of
+2 x G x L_q x D x D to rotate the queries and outputs), into a scratch buffer, and a plain bf16
+flash attention of the queries as given reads it: GQA-packed tiles (one tile holds G query
+heads x BLOCK_M/G positions that share one KV head), the tiles left of the diagonal without the
+causal mask. A chunk whose query tiles would leave SMs idle (a short chunk over a long cache)
+also splits the keys over programs and merges them, like decode. The scratch is bounded
+(SCRATCH_BYTES): a longer cache is decompressed and attended one chunk of rows after another,
+each launch folding its keys into running partial results.
 kv_len is read on the device: no host sync, CUDA-graph safe, and the loops stop at kv_len and at
 the causal bound, never visiting empty cache.
 
@@ -68,8 +68,8 @@ def _rotate_q_kernel(
     """q_rot[b, kvh, r, c-chunk] = q[b, kvh*G + r%G, r//G, :] @ R[c-chunk, :]^T * qk_scale  (bf16).
 
     Rows are GQA-packed (r = position * G + head). Each program reads its chunk of R's rows once
-    and walks row tiles i_m, i_m + num_programs(0), ... (a persistent grid for prefill's tall
-    query, so R is not re-read per tile); bf16 operands with fp32 accumulation (the result is
+    and walks row tiles i_m, i_m + num_programs(0), ... (so many rows would not re-read R per
+    tile); bf16 operands with fp32 accumulation (the result is
     stored bf16 anyway). Program (0, 0, 0) also writes the codebook in the two forms the
     attention loop reads (no extra launch): the bf16 LUT, and the byte tables of `_dequant_prmt`.
     """
@@ -247,27 +247,28 @@ def _codebook_tables(cent_ptr):
 @triton.jit
 def _tq4_dequant_kernel(
     kp_ptr, vp_ptr, kn_ptr, vn_ptr, cent_ptr, rot_ptr, kv_len_ptr, kd_ptr, vd_ptr,
-    stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, H_kv, S, qk_scale,
+    stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, H_kv, row0, chunk, qk_scale,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr,
 ):
-    """kd/vd[b*H_kv + h, n, :] = cache row n decompressed: norm * c[idx] @ R as bf16 (for K also
-    times qk_scale), for n < kv_len (programs past kv_len return at once). Prefill's query tiles
-    all read every row: decompressing each one once, back out of the rotated basis, costs
-    S x D x D per KV head, while rotating the queries and the outputs instead costs G x L_q x D x D
-    twice; the attention is then a plain bf16 flash attention of the unrotated queries."""
+    """kd/vd[b*H_kv + h, n - row0, :] = cache row n decompressed: norm * c[idx] @ R as bf16 (for
+    K also times qk_scale), for the rows n of [row0, row0 + chunk) below kv_len (programs past
+    kv_len return at once). Prefill's query tiles all read every row: decompressing each one once,
+    back out of the rotated basis, costs S x D x D per KV head, while rotating the queries and the
+    outputs instead costs G x L_q x D x D twice; the attention is then a plain bf16 flash
+    attention of the unrotated queries."""
     HALF: tl.constexpr = D // 2
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    n0 = i_n * BLOCK_N
+    n0 = row0 + i_n * BLOCK_N
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
     if n0 < kv_len:
         i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
         o_n = n0 + tl.arange(0, BLOCK_N)
-        m_n = o_n < kv_len
+        m_n = (o_n < kv_len) & (o_n < row0 + chunk)
         o_h = tl.arange(0, HALF)
         t0, t1, t2, t3 = _codebook_tables(cent_ptr)
         src = i_b * stride_kb + i_kvh * stride_kh + o_n[:, None] * stride_ks + o_h[None, :]
         p_norm = i_b * stride_nb + i_kvh * stride_nh + o_n
-        dst = (i_bh.to(tl.int64) * S + o_n[:, None]) * D
+        dst = (i_bh.to(tl.int64) * chunk + (o_n - row0)[:, None]) * D
         for i in tl.static_range(2):
             b = tl.load((kp_ptr if i == 0 else vp_ptr) + src, mask=m_n[:, None], other=0)
             b_n = tl.load((kn_ptr if i == 0 else vn_ptr) + p_norm, mask=m_n, other=0.0).to(tl.float32)
@@ -362,9 +363,9 @@ def _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
 @triton.jit
 def _dense_attn_kernel(
     q_ptr, kd_ptr, vd_ptr, kv_len_ptr, out_ptr, po_ptr, plse_ptr,
-    stride_qb, stride_qh, stride_ql, stride_ob, stride_oh, stride_ol, Lq, M_total, H_kv, S, nsplit,
+    stride_qb, stride_qh, stride_ql, stride_ob, stride_oh, stride_ol, Lq, M_total, H_kv, key0, chunk, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT_KEYS: tl.constexpr, INTERPRET: tl.constexpr,
+    SPLIT_KEYS: tl.constexpr, CHUNKED: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Causal flash attention of the queries as given (not rotated, not scaled) over the rows
     _tq4_dequant_kernel decompressed (K carries the score scale), one program per GQA-packed query
@@ -373,11 +374,21 @@ def _dense_attn_kernel(
     sm_90 the unmasked step is about half the masked one's instructions. SPLIT_KEYS > 0: the keys
     are cut into up to nsplit ranges (_used_splits) and each program stores its partial output and
     log-sum-exp (po / plse, merged by _prefill_merge_kernel), for a short chunk over a long cache,
-    whose few query tiles alone would leave most SMs idle."""
+    whose few query tiles alone would leave most SMs idle.
+
+    CHUNKED: the scratch holds only the cache rows [key0, key0 + chunk) (a long cache is
+    decompressed one chunk at a time, launch after launch); each program takes its key range's
+    part in that chunk and folds it into its partial (po / plse) by log-sum-exp weights, and in
+    its range's last chunk, when it is the only split, stores the output."""
     i_b, i_kvh, i_bh, i_m, kv_len, ns, o_r, m_r, pos_r, lo, hi = _prefill_tile(
         kv_len_ptr, Lq, M_total, H_kv, nsplit, G, BLOCK_M, BLOCK_N, SPLIT_KEYS)
     i_s = tl.program_id(1)
-    if i_s < ns:  # the programs of splits not in use (a short cache) stop here
+    a, b = lo, hi  # the keys this launch covers
+    if CHUNKED:
+        a, b = tl.maximum(lo, key0), tl.minimum(hi, key0 + chunk)
+    # Programs of splits not in use (a short cache) stop here, and, chunked, those with no keys
+    # in this chunk, except in the first launch: an empty range still writes its (empty) result.
+    if (i_s < ns) & ((a < b) | (key0 == 0)):
         o_d = tl.arange(0, D)
         b_q = tl.load(_gqa_rows(q_ptr, i_b, i_kvh, o_r, stride_qb, stride_qh, stride_ql, G) + o_d[None, :],
                       mask=m_r[:, None], other=0.0)  # [BM, D]
@@ -386,92 +397,44 @@ def _dense_attn_kernel(
         b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
         b_l = tl.zeros([BLOCK_M], tl.float32)
         b_acc = tl.zeros([BLOCK_M, D], tl.float32)
-        p_kd = kd_ptr + i_bh.to(tl.int64) * S * D
-        p_vd = vd_ptr + i_bh.to(tl.int64) * S * D
+        p_kd = kd_ptr + (i_bh.to(tl.int64) * chunk - key0) * D  # row n of the cache at p_kd + n * D
+        p_vd = vd_ptr + (i_bh.to(tl.int64) * chunk - key0) * D
         first = kv_len - Lq + (i_m * BLOCK_M) // G
-        mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
-        for n0 in range(lo, mid, BLOCK_N):
-            b_m, b_l, b_acc = _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
+        mid = tl.maximum(a, a + (tl.minimum(b, first + 1) - a) // BLOCK_N * BLOCK_N)
+        for n0 in range(a, mid, BLOCK_N):
+            b_m, b_l, b_acc = _dense_tile(n0, b, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
                                           D, BLOCK_N, INTERPRET, False)
-        for n0 in range(mid, hi, BLOCK_N):
-            b_m, b_l, b_acc = _dense_tile(n0, hi, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
+        for n0 in range(mid, b, BLOCK_N):
+            b_m, b_l, b_acc = _dense_tile(n0, b, pos_r, b_q, b_m, b_l, b_acc, p_kd, p_vd, o_d,
                                           D, BLOCK_N, INTERPRET, True)
         # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
         b_acc = b_acc * tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)[:, None]
-        if ns == 1:
+        lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+        row = (i_bh * nsplit + i_s) * M_total + o_r
+        if CHUNKED:
+            if lo < key0:  # an earlier launch holds this range's keys before key0
+                b_acc, lse = _merge_partial(b_acc, lse, po_ptr, plse_ptr, row, o_d, m_r, D)
+        if (ns == 1) & (b >= hi):  # the only split, and its last keys: the output
             tl.store(_gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G) + o_d[None, :],
                      b_acc.to(tl.bfloat16), mask=m_r[:, None])
-        elif SPLIT_KEYS > 0:
-            row = (i_bh * nsplit + i_s) * M_total + o_r
-            lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+        else:
             tl.store(plse_ptr + row, lse, mask=m_r)
             tl.store(po_ptr + row[:, None] * D + o_d[None, :], b_acc, mask=m_r[:, None])
 
 
 @triton.jit
-def _attn_tile(n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, stride_ks,
-               o_h, lut_ptr, t0, t1, t2, t3, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
-    """One BLOCK_N step of the flash loop over compressed keys [n0, n0 + BLOCK_N), in the rotated
-    basis: returns the updated row max, row sum and the two accumulator halves."""
-    o_n = n0 + tl.arange(0, BLOCK_N)
-    m_n = o_n < hi
-    b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
-    b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, INTERPRET)  # [BN, D/2] each
-    b_s = (tl.dot(b_qe, tl.trans(b_ke)) + tl.dot(b_qo, tl.trans(b_ko))) * b_kn[None, :]  # [BM, BN]
-    keep = (o_n[None, :] <= pos_r[:, None]) & m_n[None, :]
-    b_s = tl.where(keep, b_s, float("-inf"))
-    m_new, b_p, alpha, b_l = _online_softmax(b_s, b_m, b_l)
-    b_pv = b_p * b_vn[None, :]
-    b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, INTERPRET)
-    if not INTERPRET:
-        b_pv = b_pv.to(tl.bfloat16)
-    b_ae = b_ae * alpha[:, None] + tl.dot(b_pv, b_ve)
-    b_ao = b_ao * alpha[:, None] + tl.dot(b_pv, b_vo)
-    return m_new, b_l, b_ae, b_ao
-
-
-@triton.jit
-def _tq4_attn_kernel(
-    qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, rot_ptr, kv_len_ptr, out_ptr,
-    stride_kb, stride_kh, stride_ks, stride_nb, stride_nh,
-    stride_ob, stride_oh, stride_ol,
-    Lq, M_total, H_kv,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr, INTERPRET: tl.constexpr,
-):
-    """Flash attention of the rotated queries over the compressed cache, one program per query
-    tile, looking each K/V tile up as it goes; the output is rotated back. Prefill over a cache
-    too long for the scratch of _tq4_dequant_kernel."""
-    HALF: tl.constexpr = D // 2
-    i_b, i_kvh, i_bh, i_m, kv_len, ns, o_r, m_r, pos_r, lo, hi = _prefill_tile(
-        kv_len_ptr, Lq, M_total, H_kv, 1, G, BLOCK_M, BLOCK_N, 0)
-    o_h = tl.arange(0, HALF)
-    p_q = qr_ptr + (i_bh * M_total + o_r)[:, None] * D
-    b_qe = tl.load(p_q + 2 * o_h[None, :], mask=m_r[:, None], other=0.0)  # [BM, D/2] even coords
-    b_qo = tl.load(p_q + 2 * o_h[None, :] + 1, mask=m_r[:, None], other=0.0)  # odd coords
-    if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
-        b_qe, b_qo = b_qe.to(tl.float32), b_qo.to(tl.float32)
-    t0, t1, t2, t3 = _lookup_table(tab_ptr)
-
-    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    b_l = tl.zeros([BLOCK_M], tl.float32)
-    b_ae = tl.zeros([BLOCK_M, HALF], tl.float32)
-    b_ao = tl.zeros([BLOCK_M, HALF], tl.float32)
-    p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
-                                      stride_kb, stride_kh, stride_nb, stride_nh)
-    for n0 in range(lo, hi, BLOCK_N):
-        b_m, b_l, b_ae, b_ao = _attn_tile(
-            n0, hi, pos_r, b_qe, b_qo, b_m, b_l, b_ae, b_ao, p_k, p_v, p_kn, p_vn, stride_ks,
-            o_h, lut_ptr, t0, t1, t2, t3, BLOCK_N, INTERPRET)
-
-    # Rows that kept nothing (kv_len = 0, or a row before the first position) output zeros.
-    inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)
-    b_ae, b_ao = b_ae * inv_l[:, None], b_ao * inv_l[:, None]
-    p_out = _gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G)
-    for c0 in tl.static_range(0, D, BLOCK_C):
-        o_c = c0 + tl.arange(0, BLOCK_C)
-        b_o = _unrotate(b_ae, b_ao, rot_ptr, c0, D, BLOCK_C, INTERPRET)
-        tl.store(p_out + o_c[None, :], b_o.to(tl.bfloat16), mask=m_r[:, None])
+def _merge_partial(b_o, lse, po_ptr, plse_ptr, row, o_d, m_r, D: tl.constexpr):
+    """Fold the stored partial (normalized output, base-2 log-sum-exp) of rows `row` into
+    (b_o, lse) by log-sum-exp weights; rows empty on both sides stay zeros / -inf."""
+    lse_p = tl.load(plse_ptr + row, mask=m_r, other=float("-inf"))
+    b_op = tl.load(po_ptr + row[:, None] * D + o_d[None, :], mask=m_r[:, None], other=0.0)
+    m = tl.maximum(lse, lse_p)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    w, w_p = tl.exp2(lse - m_use), tl.exp2(lse_p - m_use)
+    w_sum = w + w_p
+    inv = tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)
+    return ((b_o * w[:, None] + b_op * w_p[:, None]) * inv[:, None],
+            tl.where(w_sum > 0, m_use + tl.log2(tl.maximum(w_sum, 1e-30)), float("-inf")))
 
 
 @triton.jit
@@ -666,18 +629,18 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
         raise ValueError(f"tq4_sdpa: all inputs must be on one device, got {sorted(map(str, devices))}")
 
 
-# Tuning override for benchmarks: a dict with any of block_m, block_n, nsplit (key ranges per query
-# tile: > 1 takes the split-K decode kernel, or splits the scratch path's tiles; both then merge),
-# warps, stages, dense, rotate (rows, columns, programs per
-# column chunk, warps of the query rotation), combine (splits per step, columns, warps, stages
-# of the split merge), scratch (rows per program, columns per step, warps of the prefill scratch
-# kernel), split_keys (cached keys per key range of a split prefill) and merge (rows per program,
-# warps of a split prefill's merge).
+# Tuning override for benchmarks and tests: a dict with any of decode (take the split-K decode
+# kernels, else prefill's scratch path), block_m, block_n, nsplit (key ranges per query tile;
+# with more than one, a merge follows), warps, stages, rotate (rows, columns, programs per column
+# chunk, warps of decode's query rotation), combine (splits per step, columns, warps, stages of
+# decode's merge), scratch (rows per program, columns per step, warps of the prefill scratch
+# kernel), chunk (cache rows the prefill scratch holds), split_keys (cached keys per key range of
+# a split prefill) and merge (rows per program, warps of a split prefill's merge).
 CONFIG_OVERRIDE: dict | None = None
-# Prefill looks the cache up once into a bf16 scratch of 2 x B x H_kv x S x D (K and V) when that
-# fits here; a long cache (S is its capacity, not kv_len) keeps the fused lookup instead of holding
-# a transient copy as large as the bf16 cache TurboQuant saves.
-DENSE_SCRATCH_BYTES = 64 * 2**20
+# Prefill decompresses the cache into a bf16 scratch (K and V) of at most this size: a longer
+# cache is decompressed and attended in chunks of rows, so the transient copy stays far below
+# the bf16 cache TurboQuant saves (qwen3.5-moe heads: 32K rows per chunk).
+SCRATCH_BYTES = 64 * 2**20
 
 
 def _config(M_total, S, B, H_kv, D, device):
@@ -689,8 +652,9 @@ def _config(M_total, S, B, H_kv, D, device):
     # Prefill's scratch kernel: 64 rows per program; at head_dim 256, 64 output columns per step
     # and 8 warps (4 spill), below 32 columns and 4 warps (H100 sweep, results/attention.md).
     # A split prefill uses one key range per 1024 cached keys; its merge takes 32 rows per program.
+    # The scratch holds whole 1024-row blocks within SCRATCH_BYTES (K and V, bf16).
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
-                  combine=(16, 64, 4, 1))
+                  combine=(16, 64, 4, 1), chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are wgmma's M, read from shared memory)
         # with one pipeline stage, 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key
@@ -701,26 +665,20 @@ def _config(M_total, S, B, H_kv, D, device):
         block_n = 64 if D >= 256 else 128
         max_splits = triton.cdiv(2 * sms, B * H_kv)  # independent of S: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
-        return dict(block_m=16, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4, stages=1,
-                    dense=False, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
-    # Prefill's query rotation: 128 x 128 tiles, one persistent program per SM (H100 sweep).
-    rotate = (128, min(128, D), triton.cdiv(sms, B * H_kv * max(1, D // 128)), 8)
-    if statically_known_true(2 * B * H_kv * S * D * 2 <= DENSE_SCRATCH_BYTES):
-        # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256
-        # (3 do not fit in shared memory), 3 below.
-        bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
-        # A short chunk over a long cache: when its query tiles (at most, for a dynamic L_q) fill
-        # at most half the SMs, split the keys too, up to about two programs per SM, using one
-        # range per split_keys cached keys (_used_splits).
-        tiles = triton.cdiv(M_total, bm) * B * H_kv
-        nsplit = 1
-        if statically_known_true(2 * tiles <= sms):
-            nsplit = next((ns for ns in (32, 16, 8, 4, 2) if statically_known_true(tiles * ns <= 2 * sms)), 1)
-        cfg = dict(block_m=bm, block_n=bn, nsplit=nsplit, warps=warps, stages=stages, dense=True, rotate=rotate)
-    else:  # measured best on H100 before the dense path (scripts/bench_attention.py --sweep)
-        cfg = dict(block_m=128, block_n=32 if D == 256 else 64, nsplit=1, warps=8, stages=2, dense=False,
-                   rotate=rotate)
-    return cfg | common | (CONFIG_OVERRIDE or {})
+        return dict(decode=True, block_m=16, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
+                    stages=1, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
+    # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
+    # not fit in shared memory), 3 below.
+    bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
+    # A short chunk over a long cache: when its query tiles (at most, for a dynamic L_q) fill at
+    # most half the SMs, split the keys too, up to about two programs per SM, using one range per
+    # split_keys cached keys (_used_splits).
+    tiles = triton.cdiv(M_total, bm) * B * H_kv
+    nsplit = 1
+    if statically_known_true(2 * tiles <= sms):
+        nsplit = next((ns for ns in (32, 16, 8, 4, 2) if statically_known_true(tiles * ns <= 2 * sms)), 1)
+    return dict(decode=False, block_m=bm, block_n=bn, nsplit=nsplit, warps=warps, stages=stages) | common | (
+        CONFIG_OVERRIDE or {})
 
 
 def _partials(rows, D, dev):
@@ -740,7 +698,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     cfg = _config(M_total, k_packed.shape[2], B, H_kv, D, q.device)
-    nsplit, block_c = cfg["nsplit"], 32
+    nsplit = cfg["nsplit"]
     dev = q.device
 
     rot = rotation.contiguous()
@@ -753,21 +711,25 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     nstrides = (k_norms.stride(0), k_norms.stride(1))
     grid = (triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)
 
-    if cfg["dense"]:  # every query tile reads every row: decompress each one once, into bf16
-        kd = torch.empty((B * H_kv, S, D), dtype=torch.bfloat16, device=dev)
-        vd = torch.empty((B * H_kv, S, D), dtype=torch.bfloat16, device=dev)
+    if not cfg["decode"]:  # every query tile reads every row: decompress each one once, into bf16
+        # At most `chunk` rows at a time: a long cache is decompressed and attended chunk by chunk.
+        chunk = min(S, cfg["chunk"])
+        nchunk = triton.cdiv(S, chunk)
+        kd = torch.empty((B * H_kv, chunk, D), dtype=torch.bfloat16, device=dev)
+        vd = torch.empty((B * H_kv, chunk, D), dtype=torch.bfloat16, device=dev)
         sn, sc, sw = cfg["scratch"]
-        wrap_triton(_tq4_dequant_kernel)[(triton.cdiv(S, sn), B * H_kv)](
-            k_packed, v_packed, k_norms, v_norms, centroids, rot, kv_len, kd, vd, *kstrides, *nstrides,
-            H_kv, S, scale * LOG2E, D=D, BLOCK_N=sn, BLOCK_C=sc, INTERPRET=interpret, num_warps=sw,
-        )
         split_keys = cfg["split_keys"] if nsplit > 1 else 0
-        po, plse = _partials(B * H_kv * nsplit * M_total, D, dev) if nsplit > 1 else (out, out)
-        wrap_triton(_dense_attn_kernel)[grid](
-            q, kd, vd, kv_len, out, po, plse, *q_strides, *out_strides, Lq, M_total, H_kv, S, nsplit,
-            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT_KEYS=split_keys,
-            INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
-        )
+        po, plse = _partials(B * H_kv * nsplit * M_total, D, dev) if nsplit > 1 or nchunk > 1 else (out, out)
+        for c in range(nchunk):
+            wrap_triton(_tq4_dequant_kernel)[(triton.cdiv(chunk, sn), B * H_kv)](
+                k_packed, v_packed, k_norms, v_norms, centroids, rot, kv_len, kd, vd, *kstrides, *nstrides,
+                H_kv, c * chunk, chunk, scale * LOG2E, D=D, BLOCK_N=sn, BLOCK_C=sc, INTERPRET=interpret, num_warps=sw,
+            )
+            wrap_triton(_dense_attn_kernel)[grid](
+                q, kd, vd, kv_len, out, po, plse, *q_strides, *out_strides, Lq, M_total, H_kv, c * chunk, chunk,
+                nsplit, G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT_KEYS=split_keys,
+                CHUNKED=nchunk > 1, INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
+            )
         if nsplit > 1:
             mr, mw = cfg["merge"]
             wrap_triton(_prefill_merge_kernel)[(triton.cdiv(M_total, mr), B * H_kv)](
@@ -776,6 +738,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
             )
         return out
 
+    # Decode: rotate the queries, split the keys over programs, merge the partials and rotate back.
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
     lut = torch.empty((16,), dtype=torch.bfloat16, device=dev)
     tab = torch.empty((4,), dtype=torch.int32, device=dev)
@@ -784,27 +747,19 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         q, rot, q_rot, centroids, lut, tab, *q_strides, M_total, H_kv, scale * LOG2E,
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
-    if nsplit > 1:  # split-K: partial outputs and their log-sum-exps, then one merge that rotates back
-        po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
-        wrap_triton(_tq4_decode_kernel)[grid](
-            q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
-            *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
-            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
-            num_warps=cfg["warps"], num_stages=cfg["stages"],
-        )
-        cs, cc, cw, cst = cfg["combine"]
-        wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
-            po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=cs, BLOCK_C=cc,
-            NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
-            num_warps=cw, num_stages=cst,
-        )
-    else:  # one program per query tile; its epilogue rotates back and stores the output
-        wrap_triton(_tq4_attn_kernel)[grid](
-            q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, rot, kv_len, out,
-            *kstrides, *nstrides, *out_strides, Lq, M_total, H_kv,
-            G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_C=block_c,
-            INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
-        )
+    po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
+    wrap_triton(_tq4_decode_kernel)[grid](
+        q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
+        *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
+        G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
+        num_warps=cfg["warps"], num_stages=cfg["stages"],
+    )
+    cs, cc, cw, cst = cfg["combine"]
+    wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
+        po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=cs, BLOCK_C=cc,
+        NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
+        num_warps=cw, num_stages=cst,
+    )
     return out
 
 

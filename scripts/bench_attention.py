@@ -102,8 +102,7 @@ def sweep(only: str | None = None):
             else:
                 tiles = [(128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (128, 32, 8, 3),
                          (128, 32, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3)]  # (rows, keys, warps, stages)
-                space = [dict(block_m=bm, block_n=bn, warps=w, stages=st, nsplit=1, dense=dn)
-                         for (bm, bn, w, st), dn in itertools.product(tiles, (True, False))]
+                space = [dict(block_m=bm, block_n=bn, warps=w, stages=st, nsplit=1) for bm, bn, w, st in tiles]
             results = []
             for cfg in space:
                 mod.CONFIG_OVERRIDE = cfg

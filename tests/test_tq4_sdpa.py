@@ -58,18 +58,19 @@ def test_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
 
 
 @interpreted
-@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("chunk,nsplit", [(64, 1), (32, 1), (64, 3), (None, 1)])
 @pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", [(2, 16, 2, 5, 77, 74, 256), (1, 8, 8, 64, 300, 297, 128),
-                                                     (2, 4, 2, 64, 300, 64, 64)])
-def test_prefill_with_and_without_the_dense_scratch(B, H_q, H_kv, Lq, S, kv_len, D, dense, monkeypatch):
-    """Prefill decompresses the cache rows once into a bf16 scratch when it is small (every case
-    above) and runs plain attention over it, else looks the rows up per tile in the rotated
-    basis: both paths against the reference."""
+                                                     (2, 4, 2, 64, 300, 64, 64), (1, 4, 2, 40, 300, 130, 64)])
+def test_prefill_over_a_scratch_of_few_rows(B, H_q, H_kv, Lq, S, kv_len, D, chunk, nsplit, monkeypatch):
+    """A cache longer than the prefill scratch is decompressed and attended one chunk of rows at
+    a time, each launch folding its keys into the running partials: 32 and 64 rows per chunk (up
+    to 10 launches; chunks past kv_len, tiles whose keys end in an earlier chunk, key ranges that
+    start inside a later chunk), alone and with 3 key ranges per tile; None: the whole cache at
+    once. Against the reference."""
     from tq_kernels import tq4_sdpa as mod
 
-    assert mod._config(Lq * H_q // H_kv, S, B, H_kv, D, torch.device("cpu"))["dense"]
-    # (the path without the scratch takes one key range per query tile)
-    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"dense": True} if dense else {"dense": False, "nsplit": 1})
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"block_m": 32, "block_n": 16, "nsplit": nsplit, "split_keys": 16}
+                        | ({"chunk": chunk} if chunk else {}))
     args = make_args(B, H_q, H_kv, Lq, S, kv_len, D)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
@@ -88,21 +89,25 @@ def test_decode_splits_give_two_programs_per_sm_and_never_an_empty_tile():
     assert mod._config(4, 300, 1, 8, 128, cpu)["nsplit"] == 3  # ... or 128-key tiles
 
 
-def test_dense_scratch_only_for_prefill_and_a_short_cache():
+def test_scratch_only_for_prefill_and_in_bounded_chunks():
     from tq_kernels import tq4_sdpa as mod
 
     cpu = torch.device("cpu")
-    assert not mod._config(8, 4096, 1, 2, 256, cpu)["dense"]  # decode: each row is read once anyway
-    assert mod._config(4096 * 8, 4096, 1, 2, 256, cpu)["dense"]  # 8 MiB of scratch
-    assert not mod._config(4096 * 8, 131072, 1, 2, 256, cpu)["dense"]  # 256 MiB: as large as a bf16 cache
+    assert mod._config(8, 4096, 1, 2, 256, cpu)["decode"]  # decode: each row is read once anyway
+    qwen = mod._config(4096 * 8, 131072, 1, 2, 256, cpu)
+    llama = mod._config(4096 * 4, 131072, 1, 8, 128, cpu)
+    assert not qwen["decode"] and (qwen["chunk"], llama["chunk"]) == (32768, 16384)  # 64 MiB of K and V
+    assert mod._config(4096 * 8, 131072, 1, 64, 256, cpu)["chunk"] == 1024  # never below one block
 
 
 
 @interpreted
 @pytest.mark.parametrize("D", [64, 256])
-def test_scratch_rows_are_the_decompressed_cache(D):
-    """The prefill scratch holds each row below kv_len as dequantize_tq4 gives it (K also times
-    the score scale in base 2) and leaves the rows past kv_len alone."""
+@pytest.mark.parametrize("row0,chunk", [(0, 77), (32, 40)])
+def test_scratch_rows_are_the_decompressed_cache(D, row0, chunk):
+    """The prefill scratch holds each row of [row0, row0 + chunk) below kv_len as dequantize_tq4
+    gives it (K also times the score scale in base 2), at row - row0, and leaves the rows past
+    kv_len alone: the whole cache, and a chunk that ends past kv_len."""
     import triton
     from torch.library import wrap_triton
     from tq_kernels import tq4_sdpa as mod
@@ -110,17 +115,17 @@ def test_scratch_rows_are_the_decompressed_cache(D):
     B, H_kv, S, kv_len = 2, 2, 77, 70
     q, kp, kn, vp, vn, cent, rot, kvl = make_args(B, 4, H_kv, 1, S, kv_len, D)
     qk_scale = 0.125 * mod.LOG2E
-    kd = torch.full((B * H_kv, S, D), 7.0, dtype=torch.bfloat16)
-    vd = torch.full((B * H_kv, S, D), 7.0, dtype=torch.bfloat16)
-    wrap_triton(mod._tq4_dequant_kernel)[(triton.cdiv(S, 16), B * H_kv)](
+    kd = torch.full((B * H_kv, chunk, D), 7.0, dtype=torch.bfloat16)
+    vd = torch.full((B * H_kv, chunk, D), 7.0, dtype=torch.bfloat16)
+    wrap_triton(mod._tq4_dequant_kernel)[(triton.cdiv(chunk, 16), B * H_kv)](
         kp, vp, kn, vn, cent, rot, kvl, kd, vd, kp.stride(0), kp.stride(1), kp.stride(2),
-        kn.stride(0), kn.stride(1), H_kv, S, qk_scale, D=D, BLOCK_N=16, BLOCK_C=32, INTERPRET=True)
+        kn.stride(0), kn.stride(1), H_kv, row0, chunk, qk_scale, D=D, BLOCK_N=16, BLOCK_C=32, INTERPRET=True)
+    filled = kv_len - row0
     for got, want in ((kd, mod.dequantize_tq4(kp, kn, cent, rot) * qk_scale),
                       (vd, mod.dequantize_tq4(vp, vn, cent, rot))):
-        got = got.view(B, H_kv, S, D)
-        torch.testing.assert_close(got[:, :, :kv_len].float(), want[:, :, :kv_len], rtol=1e-2, atol=1e-2)
-        assert (got[:, :, kv_len:] == 7.0).all()
-
+        got = got.view(B, H_kv, chunk, D)
+        torch.testing.assert_close(got[:, :, :filled].float(), want[:, :, row0:kv_len], rtol=1e-2, atol=1e-2)
+        assert (got[:, :, filled:] == 7.0).all()
 
 
 @interpreted
@@ -133,7 +138,7 @@ def test_prefill_over_the_scratch_split_over_keys(Lq, kv_len, nsplit, split_keys
     itself and the merge leaves it."""
     from tq_kernels import tq4_sdpa as mod
 
-    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"block_m": 32, "block_n": 16, "nsplit": nsplit, "dense": True,
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"block_m": 32, "block_n": 16, "nsplit": nsplit,
                                                  "split_keys": split_keys})
     args = make_args(2, 8, 2, Lq, 300, kv_len, 64)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
@@ -152,7 +157,7 @@ def test_prefill_splits_keys_only_when_its_tiles_leave_sms_idle():
         cfg = mod._config(M_total, 32768, 1, 2, 256, cpu)
         tiles = -(-M_total // cfg["block_m"]) * 2
         # About two programs per SM at most; the most splits that allows, up to 32.
-        assert cfg["dense"] and 1 < cfg["nsplit"] and tiles * cfg["nsplit"] <= 2 * sms
+        assert not cfg["decode"] and 1 < cfg["nsplit"] and tiles * cfg["nsplit"] <= 2 * sms
         assert cfg["nsplit"] == 32 or 2 * sms < 2 * tiles * cfg["nsplit"]
 
 
@@ -161,35 +166,24 @@ def test_prefill_splits_keys_only_when_its_tiles_leave_sms_idle():
 def test_query_rotation_walks_more_row_tiles_than_programs(D, monkeypatch):
     """Each rotation program holds a chunk of R and walks row tiles i, i + programs, ...: 37
     positions x GQA 4 = 148 rows in 16-row tiles over 3 programs per column chunk, the last
-    tile ragged (the path without the scratch: that one does not rotate the queries)."""
+    tile ragged (decode's kernels, here given a prompt's rows)."""
     from tq_kernels import tq4_sdpa as mod
 
-    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"rotate": (16, 32, 3, 4), "dense": False, "nsplit": 1})
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"rotate": (16, 32, 3, 4), "decode": True, "nsplit": 2})
     args = make_args(1, 8, 2, 37, 40, 40, D)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
 
 
-def test_prefill_rotation_runs_one_program_per_sm():
-    from tq_kernels import tq4_sdpa as mod
-
-    cpu, sms = torch.device("cpu"), mod._num_sms(torch.device("cpu"))
-    for H_kv, D in ((2, 256), (8, 128), (4, 64)):
-        rows, cols, progs, _ = mod._config(4096 * 4, 4096, 1, H_kv, D, cpu)["rotate"]
-        chunks = D // cols
-        assert (rows, cols) == (128, min(128, D)) and sms <= progs * H_kv * chunks < sms + H_kv * chunks
-
-
 @interpreted
-@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("Lq,kv_len", [(37, 37), (37, 90), (3, 90), (1, 90)])
-def test_small_tiles_mask_exactly_the_tiles_that_cross_the_diagonal(Lq, kv_len, dense, monkeypatch):
+def test_small_tiles_mask_exactly_the_tiles_that_cross_the_diagonal(Lq, kv_len, monkeypatch):
     """With the scratch, the loop runs tiles left of a query tile's first position without masks
     and the rest with them. 16 x 16 tiles put many tile edges on and off the diagonal (GQA 4: 4
     rows per position), for a fresh prompt, a chunk after cached positions, and decode."""
     from tq_kernels import tq4_sdpa as mod
 
-    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"block_m": 16, "block_n": 16, "nsplit": 1, "dense": dense})
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"block_m": 16, "block_n": 16, "nsplit": 1, "decode": False})
     args = make_args(1, 8, 2, Lq, 96, kv_len, 64)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
@@ -306,7 +300,8 @@ def test_bad_inputs_raise(mutate, match):
 @pytest.mark.gpu
 @pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", CASES + [(1, 16, 2, 1, 40000, 39000, 256),
                                                              (1, 16, 2, 300, 1000, 1000, 256),
-                                                             (1, 16, 2, 64, 40000, 39000, 256)])  # no scratch
+                                                             (1, 16, 2, 64, 40000, 39000, 256),  # 2 chunks
+                                                             (1, 32, 8, 300, 40000, 30000, 128)])  # 3
 def test_gpu_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
     args = make_args(B, H_q, H_kv, Lq, S, kv_len, D, device="cuda")
     out = torch.ops.tq.tq4_sdpa(*args)
