@@ -377,15 +377,20 @@ def _dense_attn_kernel(
     whose few query tiles alone would leave most SMs idle.
 
     CHUNKED: the scratch holds only the cache rows [key0, key0 + chunk) (a long cache is
-    decompressed one chunk at a time, launch after launch); each program takes its key range's
-    part in that chunk and folds it into its partial (po / plse) by log-sum-exp weights, and in
-    its range's last chunk, when it is the only split, stores the output."""
+    decompressed one chunk at a time, launch after launch); the tile's keys in that chunk are cut
+    into the ranges, each program folds its part into its partial (po / plse) by log-sum-exp
+    weights, and in the tile's last chunk, when it is the only range, stores the output."""
     i_b, i_kvh, i_bh, i_m, kv_len, ns, o_r, m_r, pos_r, lo, hi = _prefill_tile(
         kv_len_ptr, Lq, M_total, H_kv, nsplit, G, BLOCK_M, BLOCK_N, SPLIT_KEYS)
     i_s = tl.program_id(1)
-    a, b = lo, hi  # the keys this launch covers
-    if CHUNKED:
-        a, b = tl.maximum(lo, key0), tl.minimum(hi, key0 + chunk)
+    a, b = lo, hi  # the keys this program covers in this launch
+    if CHUNKED:  # the tile's keys in this chunk, cut into the ns ranges (every range gets a part)
+        end = tl.minimum(kv_len, kv_len - Lq + (tl.minimum(i_m * BLOCK_M + BLOCK_M, M_total) - 1) // G + 1)
+        w_hi = tl.minimum(end, key0 + chunk)
+        part = tl.cdiv(tl.cdiv(tl.maximum(w_hi - key0, 0), ns), BLOCK_N) * BLOCK_N
+        a = key0 + i_s * part
+        b = tl.minimum(w_hi, a + part)
+        hi = end
     # Programs of splits not in use (a short cache) stop here, and, chunked, those with no keys
     # in this chunk, except in the first launch: an empty range still writes its (empty) result.
     if (i_s < ns) & ((a < b) | (key0 == 0)):
@@ -412,7 +417,7 @@ def _dense_attn_kernel(
         lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
         row = (i_bh * nsplit + i_s) * M_total + o_r
         if CHUNKED:
-            if lo < key0:  # an earlier launch holds this range's keys before key0
+            if key0 > 0:  # fold in what the earlier chunks left (the first launch wrote every range)
                 b_acc, lse = _merge_partial(b_acc, lse, po_ptr, plse_ptr, row, o_d, m_r, D)
         if (ns == 1) & (b >= hi):  # the only split, and its last keys: the output
             tl.store(_gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G) + o_d[None, :],
