@@ -283,6 +283,12 @@ def _tq4_dequant_kernel(
 
 
 @triton.jit
+def _split_len(kv_len, nsplit, BLOCK_N: tl.constexpr):
+    """Keys per range when kv_len keys are cut into nsplit ranges of whole BLOCK_N tiles."""
+    return tl.cdiv(tl.cdiv(kv_len, nsplit), BLOCK_N) * BLOCK_N
+
+
+@triton.jit
 def _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr):
     """Query tile i_m's packed rows (r = position * G + head), their mask and absolute positions,
@@ -292,7 +298,7 @@ def _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G: tl.constexpr, BLOCK
     m_r = o_r < M_total
     pos_r = kv_len - Lq + o_r // G
     last = kv_len - Lq + (tl.minimum(i_m * BLOCK_M + BLOCK_M, M_total) - 1) // G
-    chunk = tl.cdiv(tl.cdiv(kv_len, nsplit), BLOCK_N) * BLOCK_N
+    chunk = _split_len(kv_len, nsplit, BLOCK_N)
     lo = i_s * chunk
     hi = tl.minimum(tl.minimum(kv_len, last + 1), lo + chunk)
     return o_r, m_r, pos_r, lo, hi
@@ -509,8 +515,9 @@ def _tq4_decode_kernel(
 
 @triton.jit
 def _tq4_combine_kernel(
-    po_ptr, plse_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
+    po_ptr, plse_ptr, rot_ptr, kv_len_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    NS_MAX: tl.constexpr,
 ):
     """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
@@ -518,25 +525,28 @@ def _tq4_combine_kernel(
     One program per (row, batch x KV head, column chunk), so decode's few rows still spread over
     many SMs. Every load is independent of the others: all log-sum-exps at once (NS_MAX >= nsplit,
     a power of two fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled
-    loop over NS_MAX (masked past nsplit); a loop over nsplit made one dependent L2 round trip per
-    step (6.8 us at 132 splits on H100). The partials keep the attention loop's [even | odd]
-    column order, so R's rows are read in that order too.
+    loop over NS_MAX (masked past the splits that hold keys: with kv_len short of the capacity
+    the split count, fixed by the capacity, is larger); a loop over nsplit made one dependent L2
+    round trip per step (6.8 us at 132 splits on H100). The partials keep the attention loop's
+    [even | odd] column order, so R's rows are read in that order too.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     o_d = tl.arange(0, D)
     row0 = i_bh * nsplit * M_total + i_r  # partial row of split s: row0 + s * M_total
-    # The largest log-sum-exp (splits past the end of the cache hold -inf) and the weights' sum.
+    kv_len = tl.load(kv_len_ptr).to(tl.int32)
+    used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))  # the rest hold no keys
+    # The largest log-sum-exp (splits past the causal end hold -inf) and the weights' sum.
     o_all = tl.arange(0, NS_MAX)
-    lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
+    lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < used, other=float("-inf"))
     m = tl.max(lse, 0)
     m_use = tl.where(m == float("-inf"), 0.0, m)
     w_sum = tl.sum(tl.exp2(lse - m_use), 0)
     b_o = tl.zeros([BLOCK_S, D], tl.float32)
     for s0 in tl.static_range(0, NS_MAX, BLOCK_S):
         o_s = s0 + tl.arange(0, BLOCK_S)
-        m_s = o_s < nsplit
+        m_s = o_s < used
         p_row = row0 + o_s * M_total
         w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
         b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
@@ -761,7 +771,8 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     )
     cs, cc, cw, cst = cfg["combine"]
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
-        po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=cs, BLOCK_C=cc,
+        po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
+        BLOCK_S=cs, BLOCK_C=cc,
         NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
         num_warps=cw, num_stages=cst,
     )
