@@ -316,16 +316,16 @@ def _used_splits(kv_len, nsplit, SPLIT_KEYS: tl.constexpr):
 def _prefill_tile(kv_len_ptr, Lq, M_total, H_kv, nsplit, G: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, SPLIT_KEYS: tl.constexpr):
     """A prefill program's (batch, KV head, batch x KV head, query tile, kv_len), the tile's
-    _rows_and_keys for split program_id(2), and the number of splits in use: nsplit, or with
+    _rows_and_keys for split program_id(1), and the number of splits in use: nsplit, or with
     SPLIT_KEYS > 0 _used_splits (programs past it get an empty key range). Causal tiles further
     down the sequence do more work: they launch first."""
-    i_bh = tl.program_id(1)
+    i_bh = tl.program_id(2)
     i_m = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
     ns = nsplit
     if SPLIT_KEYS > 0:
         ns = _used_splits(kv_len, nsplit, SPLIT_KEYS)
-    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, tl.program_id(2), kv_len, Lq, M_total, ns, G, BLOCK_M, BLOCK_N)
+    o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, tl.program_id(1), kv_len, Lq, M_total, ns, G, BLOCK_M, BLOCK_N)
     return i_bh // H_kv, i_bh % H_kv, i_bh, i_m, kv_len, ns, o_r, m_r, pos_r, lo, hi
 
 
@@ -388,7 +388,7 @@ def _dense_attn_kernel(
     weights, and in the tile's last chunk, when it is the only range, stores the output."""
     i_b, i_kvh, i_bh, i_m, kv_len, ns, o_r, m_r, pos_r, lo, hi = _prefill_tile(
         kv_len_ptr, Lq, M_total, H_kv, nsplit, G, BLOCK_M, BLOCK_N, SPLIT_KEYS)
-    i_s = tl.program_id(2)
+    i_s = tl.program_id(1)
     a, b = lo, hi  # the keys this program covers in this launch
     if CHUNKED:  # the tile's keys in this chunk, cut into the ns ranges (every range gets a part)
         end = tl.minimum(kv_len, kv_len - Lq + (tl.minimum(i_m * BLOCK_M + BLOCK_M, M_total) - 1) // G + 1)
@@ -464,7 +464,7 @@ def _tq4_decode_kernel(
     operands from shared memory: the same step compiles to ~1140 instructions instead of ~1470.
     """
     HALF: tl.constexpr = D // 2
-    i_m, i_bh, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
     o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G, BLOCK_M, BLOCK_N)
@@ -724,10 +724,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     S = k_packed.shape[2]
     kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
     nstrides = (k_norms.stride(0), k_norms.stride(1))
-    # Splits vary slowest: the GPU hands out programs in grid order, so the ranges that hold keys
-    # (the first ones, when kv_len is short of the capacity) spread over the SMs instead of
-    # doubling up on some while the empty ones take the rest.
-    grid = (triton.cdiv(M_total, cfg["block_m"]), B * H_kv, nsplit)
+    grid = (triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)
 
     if not cfg["decode"]:  # every query tile reads every row: decompress each one once, into bf16
         # At most `chunk` rows at a time: a long cache is decompressed and attended chunk by chunk.
