@@ -514,6 +514,21 @@ def _tq4_decode_kernel(
 
 
 @triton.jit
+def _merge_group(b_o, g0: tl.constexpr, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
+                 BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr):
+    """Add splits [g0, g0 + 64) below `used` of one row, weighted by exp2(lse - m_use), to the
+    [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads are in flight at once."""
+    for s1 in tl.static_range(0, 64, BLOCK_S):
+        if g0 + s1 < NS_MAX:
+            o_s = g0 + s1 + tl.arange(0, BLOCK_S)
+            m_s = o_s < used
+            p_row = row0 + o_s * M_total
+            w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
+            b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
+    return b_o
+
+
+@triton.jit
 def _tq4_combine_kernel(
     po_ptr, plse_ptr, rot_ptr, kv_len_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -546,17 +561,12 @@ def _tq4_combine_kernel(
     b_o = tl.zeros([BLOCK_S, D], tl.float32)
     # Groups of 64 splits past `used` are skipped whole (masked loads still cost instructions:
     # with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys, the masked
-    # unrolled loop took 2.8 us more); inside a group the loads are all in flight together.
-    for g0 in tl.static_range(0, NS_MAX, 64):
+    # unrolled loop took 2.8 us more); inside a group the loads are all in flight together. The
+    # first group always runs, unguarded.
+    b_o = _merge_group(b_o, 0, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+    for g0 in tl.static_range(64, NS_MAX, 64):
         if g0 < used:
-            for s1 in tl.static_range(0, 64, BLOCK_S):
-                if g0 + s1 < NS_MAX:
-                    o_s = g0 + s1 + tl.arange(0, BLOCK_S)
-                    m_s = o_s < used
-                    p_row = row0 + o_s * M_total
-                    w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
-                    b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None],
-                                                other=0.0)
+            b_o = _merge_group(b_o, g0, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
     # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
     r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
