@@ -231,6 +231,20 @@ def test_merge_of_many_splits_some_empty(monkeypatch):
 
 
 @interpreted
+@pytest.mark.parametrize("kv_len", [1590, 900])
+def test_merge_skips_only_groups_of_splits_without_keys(kv_len, monkeypatch):
+    """Past its first 64 splits the merge runs a group of 64 only when some split in it holds keys:
+    100 splits of 16 keys (a static bound of 128, two groups). At kv_len 1590 all 100 hold keys,
+    so the second group must run; at 900 only 57 do and the second group is skipped."""
+    from tq_kernels import tq4_sdpa as mod
+
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"nsplit": 100, "block_n": 16})
+    args = make_args(1, 8, 2, 1, 1700, kv_len, 64)
+    cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+@interpreted
 @pytest.mark.parametrize("kv_len", [1999, 300])
 def test_split_decode_over_long_cache_matches_reference(kv_len):
     # Decode with S large enough that the sequence is split over many programs; at kv_len 300
