@@ -1,0 +1,104 @@
+"""Compile tq4_sdpa's decode kernel for sm_90 on any machine (no GPU needed) and report what
+decides its speed: registers per thread, spill stack, programs that fit on one SM, and the
+instruction mix of its key loop in the SASS.
+
+    python scripts/kernel_resources.py [--block-m 8] [--block-n 64] [--warps 4] [--maxnreg N]
+
+Decode is issue-bound (results/attention.md): a change that costs registers can cost a resident
+program per SM, and one that saves instructions in the loop shows up directly. This compiles the
+kernel as the launcher specializes it for the benchmark shapes (16-byte aligned pointers and
+strides, L_q = 1), with Triton's own ptxas and cuobjdump, in a few seconds per shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from tq_kernels import tq4_sdpa as mod
+
+SHAPES = {"qwen3.5-moe": (8, 256), "llama": (4, 128)}  # (GQA group, head_dim), as bench_attention.py
+REGISTERS_PER_SM, MAX_THREADS_PER_SM = 65536, 2048
+INT_ARGS = ("stride_kb", "stride_kh", "stride_ks", "stride_nb", "stride_nh", "Lq", "M_total", "H_kv", "nsplit")
+POINTERS = {"qr_ptr": "*bf16", "kp_ptr": "*u8", "kn_ptr": "*bf16", "vp_ptr": "*u8", "vn_ptr": "*bf16",
+            "lut_ptr": "*bf16", "tab_ptr": "*i32", "kv_len_ptr": "*i64", "po_ptr": "*fp32", "plse_ptr": "*fp32"}
+
+
+def compile_decode(G, D, block_m, block_n, warps, stages, maxnreg=None):
+    """The decode kernel's CompiledKernel for sm_90, specialized as a decode launch would be."""
+    kernel = mod._tq4_decode_kernel
+    consts = dict(G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, INTERPRET=False, Lq=1)  # ints equal to 1 are constants
+    signature = {name: ("constexpr" if name in consts else POINTERS.get(name, "i32")) for name in kernel.arg_names}
+    aligned = [*POINTERS, "stride_kb", "stride_kh", "stride_ks", "stride_nb", "stride_nh"]
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs)
+    options = dict(num_warps=warps, num_stages=stages) | ({"maxnreg": maxnreg} if maxnreg else {})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def cuobjdump(cubin: bytes, flag: str) -> str:
+    tool = os.path.join(os.path.dirname(triton.knobs.nvidia.ptxas.path), "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def largest_loop(sass: str) -> list[str]:
+    """The instructions of the longest backward branch's body: the kernel's key loop."""
+    ins = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    best: list[str] = []
+    for addr, op in ins:
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", op)
+        if target and int(target.group(1), 16) < addr:
+            body = [o for a, o in ins if int(target.group(1), 16) <= a <= addr]
+            best = max(best, body, key=len)
+    return best
+
+
+def opcode(instruction: str) -> str:
+    """`@!P1 LOP3.LUT R1, ...` -> LOP3."""
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0]
+
+
+def report(name, G, D, args) -> str:
+    block_n = args.block_n or (64 if D >= 256 else 128)
+    ck = compile_decode(G, D, args.block_m, block_n, args.warps, args.stages, args.maxnreg)
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(ck.asm["cubin"], "--dump-resource-usage"))
+    regs, stack = int(usage.group(1)), int(usage.group(2))
+    threads = 32 * args.warps
+    # Registers are allocated per warp in units of 256 (8 per thread, rounded up).
+    per_sm = min(REGISTERS_PER_SM // (threads * (-(-regs // 8) * 8)), MAX_THREADS_PER_SM // threads)
+    loop = largest_loop(cuobjdump(ck.asm["cubin"], "--dump-sass"))
+    mix = collections.Counter(opcode(i) for i in loop).most_common(8)
+    return (f"{name:12s} BLOCK_M {args.block_m:2d} BLOCK_N {block_n:3d} warps {args.warps}: {regs} registers, "
+            f"{stack} B stack, {per_sm} programs/SM; loop {len(loop)} instructions "
+            f"({', '.join(f'{k} {v}' for k, v in mix)})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--block-m", type=int, default=8, help="query rows per tile (default 8)")
+    ap.add_argument("--block-n", type=int, help="keys per step (default: the launcher's, by head_dim)")
+    ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--stages", type=int, default=1)
+    ap.add_argument("--maxnreg", type=int, help="cap registers per thread (spills show as stack)")
+    args = ap.parse_args()
+    for name, (G, D) in SHAPES.items():
+        try:
+            print(report(name, G, D, args), flush=True)
+        except Exception as e:  # a config Triton rejects: say which and why, go on
+            print(f"{name}: does not compile: {type(e).__name__}: {str(e).splitlines()[0]}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
