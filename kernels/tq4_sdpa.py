@@ -462,6 +462,8 @@ def _tq4_decode_kernel(
     the looked-up shared-memory tiles by ldmatrix plus ~300 register copies per 64-key step. With
     the 64 keys (scores) and D/2 coordinates (output) as M, Triton issues wgmma reading both
     operands from shared memory: the same step compiles to ~1140 instructions instead of ~1470.
+    With 8 query rows (BM = 8, the launcher's choice when they fit) the step is back on mma.sync
+    at ~1125 instructions, but at 128 registers instead of 174, so twice the programs fit per SM.
     """
     HALF: tl.constexpr = D // 2
     i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -688,16 +690,19 @@ def _config(M_total, S, B, H_kv, D, device):
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
                   combine=(16, 64, 4, 1), chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
-        # The split kernel (computed transposed: the keys are wgmma's M, read from shared memory)
-        # with one pipeline stage, 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key
-        # tiles below, and two programs per SM: the fastest of 64 launch configs per case on H100
-        # for both qwen3.5-moe (2 x 256) and llama (8 x 128) heads at 4K-128K, against the tile
-        # kernel with a split epilogue too, since removed (scripts/bench_attention.py --sweep
-        # --only decode; results/attention.md).
+        # The split kernel (computed transposed: the keys are the MMA's M) with one pipeline stage,
+        # 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key tiles below, and two
+        # programs per SM: the fastest of 64 launch configs per case on H100 for both qwen3.5-moe
+        # (2 x 256) and llama (8 x 128) heads at 4K-128K (scripts/bench_attention.py --sweep --only
+        # decode; results/attention.md). The query rows are the MMA's N: 8 when they fit (decode
+        # with GQA up to 8) rather than 16 halves the accumulators, 128 registers instead of 174-190
+        # (4 programs fit on an SM instead of 2, scripts/kernel_resources.py): 3-6% faster in every
+        # decode case on H200, although Triton then takes mma.sync for wgmma.
+        block_m = 8 if statically_known_true(M_total <= 8) else 16
         block_n = 64 if D >= 256 else 128
         max_splits = triton.cdiv(2 * sms, B * H_kv)  # independent of S: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
-        return dict(decode=True, block_m=16, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
+        return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
                     stages=1, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
     # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
     # not fit in shared memory), 3 below.
