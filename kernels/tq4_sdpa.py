@@ -17,8 +17,9 @@ no memory access; the codebook's symmetry halves the table); a gather from a tab
 
 Decode (one query row per head) splits the KV sequence over CTAs (flash-decoding) and a second
 kernel merges the partial results and rotates them back. Its kernel computes the tiles transposed
-(K q^T, V^T P^T: keys and coordinates as the MMA rows), so sm_90 runs wgmma from shared memory
-instead of mma.sync fed through register shuffles.
+(K q^T, V^T P^T: keys and coordinates as the MMA rows, the few query rows as N), so a tile holds
+as few as 8 query rows: the accumulators stay small and 4 programs fit on an SM (the loop is
+issue-bound; more resident warps hide its latencies).
 
 Prefill is the other way round: every query tile reads every cache row, and for a whole prompt
 the G x L_q query rows outnumber the cache rows G times. A first kernel decompresses each row
