@@ -697,7 +697,7 @@ def _config(M_total, S, B, H_kv, D, device):
         # (2 x 256) and llama (8 x 128) heads at 4K-128K (scripts/bench_attention.py --sweep --only
         # decode; results/attention.md). The query rows are the MMA's N: 8 when they fit (decode
         # with GQA up to 8) rather than 16 halves the accumulators, 128 registers instead of 174-190
-        # (4 programs fit on an SM instead of 2, scripts/kernel_resources.py): 3-6% faster in every
+        # (4 programs fit on an SM instead of 2, scripts/kernel_resources.py): 1-6% faster in every
         # decode case on H200, although Triton then takes mma.sync for wgmma.
         block_m = 8 if statically_known_true(M_total <= 8) else 16
         block_n = 64 if D >= 256 else 128
