@@ -25,8 +25,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from tq_kernels import tq4_sdpa as mod
+from bench_attention import SHAPES  # scripts/ is on sys.path: the benchmark's head layouts
 
-SHAPES = {"qwen3.5-moe": (8, 256), "llama": (4, 128)}  # (GQA group, head_dim), as bench_attention.py
 REGISTERS_PER_SM, MAX_THREADS_PER_SM = 65536, 2048
 INT_ARGS = ("stride_kb", "stride_kh", "stride_ks", "stride_nb", "stride_nh", "Lq", "M_total", "H_kv", "nsplit")
 POINTERS = {"qr_ptr": "*bf16", "kp_ptr": "*u8", "kn_ptr": "*bf16", "vp_ptr": "*u8", "vn_ptr": "*bf16",
@@ -93,7 +93,8 @@ def main():
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--maxnreg", type=int, help="cap registers per thread (spills show as stack)")
     args = ap.parse_args()
-    for name, (G, D) in SHAPES.items():
+    for name, (h_q, h_kv, D) in SHAPES.items():
+        G = h_q // h_kv
         try:
             print(report(name, G, D, args), flush=True)
         except Exception as e:  # a config Triton rejects: say which and why, go on
