@@ -698,10 +698,14 @@ def _config(M_total, S, B, H_kv, D, device):
         # decode; results/attention.md). The query rows are the MMA's N: 8 when they fit (decode
         # with GQA up to 8) rather than 16 halves the accumulators, 128 registers instead of 174-190
         # (4 programs fit on an SM instead of 2, scripts/kernel_resources.py): 1-6% faster in every
-        # decode case on H200, although Triton then takes mma.sync for wgmma.
+        # decode case on H200, although Triton then takes mma.sync for wgmma. A cache of 128K keys
+        # or more gets three programs per SM: at full length 4.5% (qwen3.5-moe) and 12% (llama)
+        # faster on H200, and with 4K of it filled, the same (qwen3.5-moe) or 10% slower (llama);
+        # below 128K two are faster (x3 lost 7% at 32K). results/attention.md has the tables.
         block_m = 8 if statically_known_true(M_total <= 8) else 16
         block_n = 64 if D >= 256 else 128
-        max_splits = triton.cdiv(2 * sms, B * H_kv)  # independent of S: a static bound for the merge
+        per_sm = 3 if statically_known_true(S >= 131072) else 2
+        max_splits = triton.cdiv(per_sm * sms, B * H_kv)  # independent of kv_len: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
                     stages=1, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})

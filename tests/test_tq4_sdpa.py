@@ -76,15 +76,18 @@ def test_prefill_over_a_scratch_of_few_rows(B, H_q, H_kv, Lq, S, kv_len, D, chun
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
 
 
-def test_decode_splits_give_two_programs_per_sm_and_never_an_empty_tile():
+def test_decode_splits_give_two_programs_per_sm_three_from_128k_and_never_an_empty_tile():
     from tq_kernels import tq4_sdpa as mod
 
     cpu, sms = torch.device("cpu"), mod._num_sms(torch.device("cpu"))
-    qwen = mod._config(8, 131072, 1, 2, 256, cpu)  # 2 KV heads x D 256
-    llama = mod._config(4, 131072, 1, 8, 128, cpu)  # 8 KV heads x D 128
-    assert 2 * sms <= qwen["nsplit"] * 2 < 2 * sms + 2 and 2 * sms <= llama["nsplit"] * 8 < 2 * sms + 8
+    for capacity, per_sm in ((32768, 2), (131071, 2), (131072, 3), (262144, 3)):
+        qwen = mod._config(8, capacity, 1, 2, 256, cpu)  # 2 KV heads x D 256
+        llama = mod._config(4, capacity, 1, 8, 128, cpu)  # 8 KV heads x D 128
+        n = per_sm * sms
+        assert n <= qwen["nsplit"] * 2 < n + 2 and n <= llama["nsplit"] * 8 < n + 8, capacity
+        assert qwen["max_splits"] == qwen["nsplit"] and llama["max_splits"] == llama["nsplit"]
     assert (qwen["block_n"], llama["block_n"]) == (64, 128)  # 128-key tiles where registers allow
-    assert mod._config(1, 131072, 1, 1, 64, cpu)["nsplit"] == 2 * sms  # one small head still fills the GPU
+    assert mod._config(1, 65536, 1, 1, 64, cpu)["nsplit"] == 2 * sms  # one small head still fills the GPU
     assert mod._config(8, 100, 1, 2, 256, cpu)["nsplit"] == 2  # never more splits than 64-key tiles
     assert mod._config(4, 300, 1, 8, 128, cpu)["nsplit"] == 3  # ... or 128-key tiles
 
