@@ -70,33 +70,37 @@ def _rotate_q_kernel(
 
     Rows are GQA-packed (r = position * G + head). Each program reads its chunk of R's rows once
     and walks row tiles i_m, i_m + num_programs(0), ... (so many rows would not re-read R per
-    tile); bf16 operands with fp32 accumulation (the result is
-    stored bf16 anyway). Program (0, 0, 0) also writes the codebook in the two forms the
-    attention loop reads (no extra launch): the bf16 LUT, and the byte tables of `_dequant_prmt`.
+    tile); bf16 operands with fp32 accumulation (the result is stored bf16 anyway). One more
+    program (chunk index D / BLOCK_C) writes the codebook in the two forms the attention loop
+    reads: the bf16 LUT, and the byte tables of `_dequant_prmt`. It is a program of its own so
+    that no program's chain of dependent loads holds both jobs: at decode this kernel is a few
+    microseconds of latency, not of work.
     """
     i_m0, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
-    if i_m0 == 0 and i_bh == 0 and i_c == 0:
-        o_l = tl.arange(0, 16)
-        tl.store(lut_ptr + o_l, tl.load(cent_ptr + o_l).to(tl.bfloat16))
-        tables = _codebook_tables(cent_ptr)
-        for i in tl.static_range(4):
-            tl.store(tab_ptr + i, tables[i])
-    o_d = tl.arange(0, D)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    b_r = tl.load(rot_ptr + o_c[:, None] * D + o_d[None, :])  # [BC, D] rows of R
-    if not INTERPRET:  # (the interpreter's bf16 dot is wrong)
-        b_r = b_r.to(tl.bfloat16)
-    for i_m in range(i_m0, tl.cdiv(M_total, BLOCK_M), tl.num_programs(0)):
-        o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_r = o_r < M_total
-        p_q = _gqa_rows(q_ptr, i_b, i_kvh, o_r, stride_qb, stride_qh, stride_ql, G) + o_d[None, :]
-        b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [BM, D]
-        if INTERPRET:
-            b_q = b_q.to(tl.float32)
-        b_o = tl.dot(b_q, tl.trans(b_r)) * qk_scale  # [BM, BC]
-        tl.store(qr_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o.to(tl.bfloat16),
-                 mask=m_r[:, None])
+    if i_c == D // BLOCK_C:
+        if i_m0 == 0 and i_bh == 0:
+            o_l = tl.arange(0, 16)
+            tl.store(lut_ptr + o_l, tl.load(cent_ptr + o_l).to(tl.bfloat16))
+            tables = _codebook_tables(cent_ptr)
+            for i in tl.static_range(4):
+                tl.store(tab_ptr + i, tables[i])
+    else:
+        i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
+        o_d = tl.arange(0, D)
+        o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        b_r = tl.load(rot_ptr + o_c[:, None] * D + o_d[None, :])  # [BC, D] rows of R
+        if not INTERPRET:  # (the interpreter's bf16 dot is wrong)
+            b_r = b_r.to(tl.bfloat16)
+        for i_m in range(i_m0, tl.cdiv(M_total, BLOCK_M), tl.num_programs(0)):
+            o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            m_r = o_r < M_total
+            p_q = _gqa_rows(q_ptr, i_b, i_kvh, o_r, stride_qb, stride_qh, stride_ql, G) + o_d[None, :]
+            b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [BM, D]
+            if INTERPRET:
+                b_q = b_q.to(tl.float32)
+            b_o = tl.dot(b_q, tl.trans(b_r)) * qk_scale  # [BM, BC]
+            tl.store(qr_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o.to(tl.bfloat16),
+                     mask=m_r[:, None])
 
 
 @triton.jit
@@ -517,14 +521,14 @@ def _tq4_decode_kernel(
 
 
 @triton.jit
-def _merge_group(b_o, g0: tl.constexpr, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
+def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
                  BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr):
-    """Add splits [g0, g0 + 64) below `used` of one row, weighted by exp2(lse - m_use), to the
+    """Add splits [g0, g0 + 64) below nsplit of one row, weighted by exp2(lse - m_use), to the
     [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads are in flight at once."""
     for s1 in tl.static_range(0, 64, BLOCK_S):
         if g0 + s1 < NS_MAX:
             o_s = g0 + s1 + tl.arange(0, BLOCK_S)
-            m_s = o_s < used
+            m_s = o_s < nsplit
             p_row = row0 + o_s * M_total
             w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
             b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
@@ -533,48 +537,46 @@ def _merge_group(b_o, g0: tl.constexpr, used, row0, M_total, m_use, po_ptr, plse
 
 @triton.jit
 def _tq4_combine_kernel(
-    po_ptr, plse_ptr, rot_ptr, kv_len_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    NS_MAX: tl.constexpr,
+    po_ptr, plse_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
 ):
     """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
 
     One program per (row, batch x KV head, column chunk), so decode's few rows still spread over
-    many SMs. Every load is independent of the others: all log-sum-exps at once (NS_MAX >= nsplit,
-    a power of two fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled
-    loop over NS_MAX (only up to the splits that hold keys: with kv_len short of the capacity
-    most of the capacity's splits are empty); a loop over nsplit made one dependent L2 round trip
-    per step (6.8 us at 132 splits on H100). The partials keep the attention loop's
-    [even | odd] column order, so R's rows are read in that order too.
+    many SMs. At short context this kernel is latency, not work, so its loads are as few dependent
+    steps as possible: R's chunk and all log-sum-exps at once (NS_MAX >= nsplit, a power of two
+    fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled loop over
+    NS_MAX, all in flight together; a loop over nsplit made one dependent L2 round trip per step
+    (6.8 us at 132 splits on H100). Every split stores its partial, an empty one -inf and zeros,
+    so the log-sum-exps alone say which groups of 64 splits hold keys (with kv_len short of the
+    capacity most of them do not) without waiting on kv_len first. The partials keep the
+    attention loop's [even | odd] column order, so R's rows are read in that order too.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     o_d = tl.arange(0, D)
-    row0 = i_bh * nsplit * M_total + i_r  # partial row of split s: row0 + s * M_total
-    kv_len = tl.load(kv_len_ptr).to(tl.int32)
-    used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))  # the rest hold no keys
-    # The largest log-sum-exp (splits past the causal end hold -inf) and the weights' sum.
-    o_all = tl.arange(0, NS_MAX)
-    lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < used, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m_use = tl.where(m == float("-inf"), 0.0, m)
-    w_sum = tl.sum(tl.exp2(lse - m_use), 0)
-    b_o = tl.zeros([BLOCK_S, D], tl.float32)
-    # Groups of 64 splits past `used` are skipped whole (masked loads still cost instructions:
-    # with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys, the masked
-    # unrolled loop took 2.8 us more); inside a group the loads are all in flight together. The
-    # first group always runs, unguarded.
-    b_o = _merge_group(b_o, 0, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
-    for g0 in tl.static_range(64, NS_MAX, 64):
-        if g0 < used:
-            b_o = _merge_group(b_o, g0, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
-    o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
     # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
     r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
+    row0 = i_bh * nsplit * M_total + i_r  # partial row of split s: row0 + s * M_total
+    # The largest log-sum-exp (splits past the causal end hold -inf) and the weights' sum.
+    o_all = tl.arange(0, NS_MAX)
+    lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    w_sum = tl.sum(tl.exp2(lse - m_use), 0)
+    b_o = tl.zeros([BLOCK_S, D], tl.float32)
+    # Groups of 64 splits that hold no keys are skipped whole (masked loads still cost
+    # instructions: with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys,
+    # the masked unrolled loop took 2.8 us more). The first group always runs, unguarded.
+    b_o = _merge_group(b_o, 0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+    for g0 in tl.static_range(64, NS_MAX, 64):
+        if tl.max(tl.where((o_all >= g0) & (o_all < g0 + 64), lse, float("-inf")), 0) > float("-inf"):
+            b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+    o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
     b_out = tl.sum(o_rot[:, None] * b_r, 0)
     tl.store(out_ptr + i_b * stride_ob + (i_kvh * G + i_r % G) * stride_oh + (i_r // G) * stride_ol + o_c,
              b_out.to(tl.bfloat16))
@@ -688,8 +690,11 @@ def _config(M_total, S, B, H_kv, D, device):
     # and 8 warps (4 spill), below 32 columns and 4 warps (H100 sweep, results/attention.md).
     # A split prefill uses one key range per 1024 cached keys; its merge takes 32 rows per program.
     # The scratch holds whole 1024-row blocks within SCRATCH_BYTES (K and V, bf16).
+    # Decode's merge holds its [D, 64] chunk of R from the start (so its loads overlap the
+    # partials'): at head_dim 256 that needs 8 warps (4 spill).
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
-                  combine=(16, 64, 4, 1), chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
+                  combine=(16, 64, 8 if D == 256 else 4, 1),
+                  chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are the MMA's M) with one pipeline stage,
         # 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key tiles below, and two
@@ -785,7 +790,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     lut = torch.empty((16,), dtype=torch.bfloat16, device=dev)
     tab = torch.empty((4,), dtype=torch.int32, device=dev)
     rm, rc, rp, rw = cfg["rotate"]
-    wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc)](
+    wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc + 1)](
         q, rot, q_rot, centroids, lut, tab, *q_strides, M_total, H_kv, scale * LOG2E,
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
@@ -798,8 +803,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     )
     cs, cc, cw, cst = cfg["combine"]
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
-        po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
-        BLOCK_S=cs, BLOCK_C=cc,
+        po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=cs, BLOCK_C=cc,
         NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
         num_warps=cw, num_stages=cst,
     )
