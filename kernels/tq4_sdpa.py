@@ -537,31 +537,29 @@ def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, pl
 
 @triton.jit
 def _tq4_combine_kernel(
-    po_ptr, plse_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
+    po_ptr, plse_ptr, rot_ptr, kv_len_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    NS_MAX: tl.constexpr,
 ):
     """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
 
     One program per (row, batch x KV head, column chunk), so decode's few rows still spread over
     many SMs. At short context this kernel is latency, not work, so its loads are as few dependent
-    steps as possible: R's chunk and all log-sum-exps at once (NS_MAX >= nsplit, a power of two
+    steps as possible: kv_len and all log-sum-exps at once (NS_MAX >= nsplit, a power of two
     fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled loop over
     NS_MAX, all in flight together; a loop over nsplit made one dependent L2 round trip per step
-    (6.8 us at 132 splits on H100). Every split stores its partial, an empty one -inf and zeros,
-    so the log-sum-exps alone say which groups of 64 splits hold keys (with kv_len short of the
-    capacity most of them do not) without waiting on kv_len first. The partials keep the
-    attention loop's [even | odd] column order, so R's rows are read in that order too.
+    (6.8 us at 132 splits on H100). Every split stores its partial (one that holds no keys: -inf
+    and zeros), so the log-sum-exps need not wait for kv_len; it only says which groups of 64
+    splits to skip. The partials keep the attention loop's [even | odd] column order, so R's rows
+    are read in that order too.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     o_d = tl.arange(0, D)
-    # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
-    r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
     row0 = i_bh * nsplit * M_total + i_r  # partial row of split s: row0 + s * M_total
+    kv_len = tl.load(kv_len_ptr).to(tl.int32)
     # The largest log-sum-exp (splits past the causal end hold -inf) and the weights' sum.
     o_all = tl.arange(0, NS_MAX)
     lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
@@ -569,14 +567,19 @@ def _tq4_combine_kernel(
     m_use = tl.where(m == float("-inf"), 0.0, m)
     w_sum = tl.sum(tl.exp2(lse - m_use), 0)
     b_o = tl.zeros([BLOCK_S, D], tl.float32)
-    # Groups of 64 splits that hold no keys are skipped whole (masked loads still cost
+    # Groups of 64 splits past the last that holds keys are skipped whole (masked loads still cost
     # instructions: with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys,
     # the masked unrolled loop took 2.8 us more). The first group always runs, unguarded.
+    used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))
     b_o = _merge_group(b_o, 0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     for g0 in tl.static_range(64, NS_MAX, 64):
-        if tl.max(tl.where((o_all >= g0) & (o_all < g0 + 64), lse, float("-inf")), 0) > float("-inf"):
+        if g0 < used:
             b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
+    # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
+    r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
     b_out = tl.sum(o_rot[:, None] * b_r, 0)
     tl.store(out_ptr + i_b * stride_ob + (i_kvh * G + i_r % G) * stride_oh + (i_r // G) * stride_ol + o_c,
              b_out.to(tl.bfloat16))
@@ -690,10 +693,8 @@ def _config(M_total, S, B, H_kv, D, device):
     # and 8 warps (4 spill), below 32 columns and 4 warps (H100 sweep, results/attention.md).
     # A split prefill uses one key range per 1024 cached keys; its merge takes 32 rows per program.
     # The scratch holds whole 1024-row blocks within SCRATCH_BYTES (K and V, bf16).
-    # Decode's merge holds its [D, 64] chunk of R from the start (so its loads overlap the
-    # partials'): at head_dim 256 that needs 8 warps (4 spill).
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
-                  combine=(16, 64, 8 if D == 256 else 4, 1),
+                  combine=(16, 64, 4, 1),
                   chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are the MMA's M) with one pipeline stage,
@@ -803,7 +804,8 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     )
     cs, cc, cw, cst = cfg["combine"]
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
-        po, plse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_S=cs, BLOCK_C=cc,
+        po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
+        BLOCK_S=cs, BLOCK_C=cc,
         NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
         num_warps=cw, num_stages=cst,
     )
