@@ -79,10 +79,13 @@ def report(name, G, D, args) -> str:
     # Registers are allocated per warp in units of 256 (8 per thread, rounded up).
     per_sm = min(REGISTERS_PER_SM // (threads * (-(-regs // 8) * 8)), MAX_THREADS_PER_SM // threads)
     loop = largest_loop(cuobjdump(ck.asm["cubin"], "--dump-sass"))
-    mix = collections.Counter(opcode(i) for i in loop).most_common(8)
+    counts = collections.Counter(opcode(i) for i in loop)
+    mix = counts.most_common(8)
+    # How the MMA operands leave shared memory: ldmatrix (LDSM) hands each thread its fragment;
+    # plain loads (LDS) of a layout that does not match need register moves to reassemble it.
     return (f"{name:12s} BLOCK_M {args.block_m:2d} BLOCK_N {block_n:3d} warps {args.warps}: {regs} registers, "
             f"{stack} B stack, {per_sm} programs/SM; loop {len(loop)} instructions "
-            f"({', '.join(f'{k} {v}' for k, v in mix)})")
+            f"({', '.join(f'{k} {v}' for k, v in mix)}); shared loads: {counts['LDSM']} ldmatrix, {counts['LDS']} plain")
 
 
 def main():

@@ -48,3 +48,8 @@ def test_compiles_the_decode_kernel_for_sm90_and_finds_the_lookup_loop():
         regs, _, per_sm, n_loop = map(int, m.groups())
         assert 0 < regs <= 255 and per_sm >= 1 and n_loop > 100, line
         assert "PRMT" in line, line  # the loop found is the one that looks the codebook up
+        # The looked-up K / V tiles and the query reach the MMAs by ldmatrix; plain shared loads
+        # are only the softmax reductions' few. (With the lookup asm declared pure, Triton lays
+        # the operands out for 8-bit data: 48 LDS.64 and ~180 register moves per step.)
+        ldsm, lds = map(int, re.search(r"shared loads: (\d+) ldmatrix, (\d+) plain", line).groups())
+        assert ldsm >= 32 and lds <= 8, line
