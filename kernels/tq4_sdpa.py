@@ -131,20 +131,16 @@ def _prmt_asm() -> str:
     four bytes, then each table word as 4 copies ($5, $9, $13, $17 are used)."""
     tl_lo, th_lo, tl_hi, th_hi = "$5", "$9", "$13", "$17"
     lines = [
-        "{", ".reg .b32 s, t, y, m, lo, hi, one, seven, sign;",
-        "mov.b32 one, 0x11111111;", "mov.b32 seven, 0x77777777;", "mov.b32 sign, 0x80808080;",
-        # Magnitude index of every nibble k: k & 7 for k >= 8, 7 - k below (the mirror entry).
-        "shr.u32 t, $4, 3;",
-        "lop3.b32 t, t, one, one, 0x0C;",  # ~(k >> 3) & 1 per nibble: 1 where bit 3 is clear
-        "mul.lo.u32 t, t, 7;",
-        "lop3.b32 s, $4, t, seven, 0x28;",  # (k ^ 7 where bit 3 is clear) & 7
+        "{", ".reg .b32 s, y, m, lo, hi, sign;", "mov.b32 sign, 0x80808080;",
+        # A label's magnitude index is its low 3 bits (prmt would read bit 3 as its sign mode).
+        "and.b32 s, $4, 0x77777777;",
         "shl.b32 y, $4, 4;",  # low nibbles moved up, for the sign masks
     ]
     # Per half (bytes 0-1, then 2-3) the selector nibbles run: low nibble of byte 0, its high
     # nibble, low nibble of byte 1, its high nibble (prmt reads bits 0-15). The mask selectors
     # name, for each, the byte whose bit 7 is that nibble's bit 3 (of y for a low nibble, of $4
     # for a high one) with selector bit 3 set: prmt's sign mode then writes 0xFF or 0x00, the
-    # whole mask in one instruction. A bf16 entry and its mirror differ only in the sign bit.
+    # whole mask in one instruction. Entries j and j + 8 differ only in the bf16 sign bit.
     for half, (e_out, o_out, mask_sel) in enumerate((("$0", "$2", "0x9D8C"), ("$1", "$3", "0xBFAE"))):
         if half:
             lines.append("shr.u32 s, s, 16;")
@@ -152,7 +148,7 @@ def _prmt_asm() -> str:
             f"prmt.b32 m, $4, y, {mask_sel};",  # 0xFF where the nibble's bit 3 is set
             f"prmt.b32 lo, {tl_lo}, {th_lo}, s;",  # low bytes of the magnitudes
             f"prmt.b32 hi, {tl_hi}, {th_hi}, s;",  # high bytes
-            "lop3.b32 hi, hi, m, sign, 0xF2;",  # hi | (~m & 0x80): entries 0-7 are negative
+            "lop3.b32 hi, hi, m, sign, 0x78;",  # hi ^ (m & 0x80): entries 8-15 flip the sign
             f"prmt.b32 {e_out}, lo, hi, 0x7351;",  # high nibbles (even coordinates) as bf16 pairs
             f"prmt.b32 {o_out}, lo, hi, 0x6240;",  # low nibbles (odd coordinates)
         ]
@@ -169,13 +165,13 @@ def _dequant_prmt(b, t0, t1, t2, t3):
     """uint8 [..] -> (codebook value of the high nibble, of the low nibble), bf16, in registers.
 
     Each instance takes 4 packed bytes, i.e. 8 nibbles, and looks them up with byte permutes
-    (`prmt`). A TurboQuant codebook is symmetric (c[15 - k] = -c[k]), so an 8-entry table of the
-    magnitudes c[8..15] serves all 16: a nibble k selects entry k & 7 when bit 3 is set and
-    7 - (k & 7) when not, and the latter gets the sign bit. Per two bytes, one permute gives the
-    low bytes of the four bf16 entries, one the high bytes, one (in sign mode) the sign mask, and
-    two more interleave them into bf16 pairs: 18 instructions per 8 values, no memory access.
-    tests/test_tq4_lookup_ptx.py runs the PTX on every byte pair.
-    t0, t1 hold the low bytes of magnitudes 0-3, 4-7; t2, t3 their high bytes.
+    (`prmt`). TurboQuant indices are sign-magnitude labels (tq_export/turboquant.py): c[j + 8] =
+    -c[j], so an 8-entry table of c[0..7] serves all 16: a nibble selects entry k & 7, and bit 3
+    flips the sign. Per two bytes, one permute gives the low bytes of the four bf16 entries, one
+    the high bytes, one (in sign mode) the sign mask, and two more interleave them into bf16
+    pairs: 15 instructions per 8 values, no memory access. (With the nibbles as ranks, c[15 - k]
+    = -c[k], finding the mirror entry cost 3 more.) tests/test_tq4_lookup_ptx.py runs the PTX on
+    every byte pair. t0, t1 hold the low bytes of c[0..3], c[4..7]; t2, t3 their high bytes.
 
     Declared impure although it is not: Triton sizes a dot operand's register fragments (kWidth)
     by the narrowest type it finds walking back through pure element-wise ops, so through a pure
@@ -238,15 +234,16 @@ def _bf16_bits(x):
 @triton.jit
 def _codebook_tables(cent_ptr):
     """The four 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from:
-    t0, t1 the low bytes of the magnitudes c[8..11], c[12..15] (byte j of a word = entry 4w + j),
-    t2, t3 their high bytes. Summing disjoint byte lanes is an OR. A codebook that is not
-    symmetric in bf16 gets NaN tables, so the op's output is NaN rather than silently wrong (the
-    GPU cannot raise without a host sync; the CPU paths raise)."""
+    t0, t1 the low bytes of c[0..3], c[4..7] (byte j of a word = entry 4w + j), t2, t3 their
+    high bytes. Summing disjoint byte lanes is an OR. A codebook whose entries j + 8 are not the
+    negated entries j in bf16 (not sign-magnitude labels of a symmetric codebook) gets NaN
+    tables, so the op's output is NaN rather than silently wrong (the GPU cannot raise without a
+    host sync; the CPU paths raise)."""
     o = tl.arange(0, 16)
     bits = _bf16_bits(tl.load(cent_ptr + o))
-    mirror = _bf16_bits(tl.load(cent_ptr + 15 - o))
+    mirror = _bf16_bits(tl.load(cent_ptr + (o ^ 8)))
     symmetric = tl.max(tl.where(bits == (mirror ^ 0x8000), 0, 1), 0) == 0
-    upper, shift, w = o >= 8, (o % 4) * 8, (o // 4) % 2
+    upper, shift, w = o < 8, (o % 4) * 8, (o // 4) % 2
     lo, hi = (bits & 0xFF) << shift, (bits >> 8) << shift
     t0 = tl.sum(tl.where(upper & (w == 0), lo, 0), 0)
     t1 = tl.sum(tl.where(upper & (w == 1), lo, 0), 0)
@@ -666,13 +663,15 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
         raise ValueError(f"tq4_sdpa: rotation must be float32 [{D}, {D}], got {rotation.dtype} {tuple(rotation.shape)}")
     if kv_len.dtype != torch.int64 or kv_len.shape != (1,):
         raise ValueError(f"tq4_sdpa: kv_len must be an int64 tensor [1], got {kv_len.dtype} {tuple(kv_len.shape)}")
-    # The GPU lookup serves symmetric codebooks only, as every TurboQuant codebook is (Lloyd-Max
-    # for a symmetric law); it gives NaN for another. Its values are checked where reading them
-    # is free: on CPU tensors, not on the GPU (a host sync) or while tracing.
+    # The GPU lookup serves symmetric codebooks in sign-magnitude label order only, as every
+    # TurboQuantizer's is (Lloyd-Max for a symmetric law); it gives NaN for another. Its values
+    # are checked where reading them is free: on CPU tensors, not on the GPU (a host sync) or
+    # while tracing.
     if centroids.device.type == "cpu" and not is_fake(centroids):
         c = centroids.to(torch.bfloat16)
-        if not torch.equal(c, -c.flip(0)):
-            raise ValueError(f"tq4_sdpa: centroids must be symmetric (c[15 - k] = -c[k] in bf16), got {c.tolist()}")
+        if not torch.equal(c[8:], -c[:8]):
+            raise ValueError("tq4_sdpa: centroids must be symmetric, by sign-magnitude label "
+                             f"(c[j + 8] = -c[j] in bf16, as TurboQuantizer stores them), got {c.tolist()}")
     devices = {t.device for t in (q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len)}
     if len(devices) > 1:
         raise ValueError(f"tq4_sdpa: all inputs must be on one device, got {sorted(map(str, devices))}")

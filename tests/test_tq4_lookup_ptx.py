@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tq_export.turboquant import codebook
+from tq_export.turboquant import codebook, codebook_in_label_order
 from tq_kernels.tq4_sdpa import _codebook_tables, _prmt_asm
 
 MASK32 = 0xFFFFFFFF
@@ -84,10 +84,10 @@ def tables(centroids: torch.Tensor) -> list[int]:
 
 
 def test_tables_hold_the_magnitudes_and_turn_nan_for_an_asymmetric_codebook():
-    c = codebook(256, 4)[0]
+    c = codebook_in_label_order(codebook(256, 4)[0])  # as TurboQuantizer stores it
     bits = [int(v) & 0xFFFF for v in c.bfloat16().view(torch.int16)]
-    low = [sum((bits[8 + 4 * w + j] & 0xFF) << (8 * j) for j in range(4)) for w in range(2)]
-    high = [sum((bits[8 + 4 * w + j] >> 8) << (8 * j) for j in range(4)) for w in range(2)]
+    low = [sum((bits[4 * w + j] & 0xFF) << (8 * j) for j in range(4)) for w in range(2)]
+    high = [sum((bits[4 * w + j] >> 8) << (8 * j) for j in range(4)) for w in range(2)]
     assert tables(c) == low + high
     skewed = c.clone()
     skewed[3] *= 1.01
@@ -100,7 +100,7 @@ def halves(r):
 
 def test_prmt_lookup_matches_the_codebook_on_every_byte_pair():
     for d in (64, 128, 256):
-        c = codebook(d, 4)[0]
+        c = codebook_in_label_order(codebook(d, 4)[0])
         cb = torch.tensor([int(v) & 0xFFFF for v in c.bfloat16().view(torch.int16)])
         n = torch.arange(65536, dtype=torch.int64)
         # Bytes 0-1 take every pair; bytes 2-3 every pair too, in another order.

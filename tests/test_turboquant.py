@@ -62,6 +62,21 @@ def test_codebook_is_a_fixed_point_of_lloyd_max():
     assert (centroids.diff() > 0).all()
 
 
+@pytest.mark.parametrize("bits", tq.SUPPORTED_BITS)
+def test_indices_are_sign_magnitude_labels_of_the_nearest_centroid(bits):
+    q = tq.TurboQuantizer(64, bits, seed=1)
+    half = 1 << (bits - 1)
+    c = q.centroids
+    assert torch.equal(c[half:], -c[:half]) and (c[:half].diff() > 0).all() and (c[:half] > 0).all()
+    x = torch.randn(512, 64)
+    idx = tq.unpack_indices(q.quantize(x)[0], bits)
+    # The label of each coordinate names its nearest centroid (the sorted codebook's bucket).
+    y = (x / x.norm(dim=-1, keepdim=True)) @ q.rotation.T
+    nearest = (y.unsqueeze(-1) - c).abs().argmin(-1)
+    assert (idx == nearest).float().mean() > 0.9999
+    assert torch.equal(idx, tq.rank_to_label(torch.bucketize(y, q.boundaries), bits))
+
+
 def test_unshipped_dimension_is_solved_on_demand():
     c, b, mse = tq.codebook(96, 4)
     assert torch.equal(c, -c.flip(0))

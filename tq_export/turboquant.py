@@ -11,6 +11,12 @@ i.e. (X + 1) / 2 ~ Beta((d-1)/2, (d-1)/2). The codebooks here are solved for it 
 support, so they sit at the optimum; a Gaussian approximation (or truncating the support) costs
 2-4% extra distortion at 4 bits.
 
+Indices are sign-magnitude labels, not ranks: with n = 2**bits levels, label j < n/2 names the
+(j+1)-th smallest positive centroid and label j + n/2 its negative, so the quantizer's centroids
+are stored in that order (`codebook_in_label_order`). The codebook is the same Lloyd-Max one; only
+the numbering differs, and it saves the GPU lookup work: the low bits of a label index a table
+of the n/2 magnitudes, its top bit is the sign (`kernels/tq4_sdpa.py`, `_dequant_prmt`).
+
 Packing layouts (`packed` is uint8 [..., packed_dim(d, bits)]):
     4 bits: element 2i in the high nibble, 2i+1 in the low nibble of byte i (d/2 bytes).
     3 bits: stored exactly like 4 bits (one index per nibble, the top index value unused): a
@@ -124,6 +130,19 @@ def codebook(d: int, bits: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     return centroids, boundaries, float(entry["mse"])
 
 
+def codebook_in_label_order(centroids: torch.Tensor) -> torch.Tensor:
+    """Sorted centroids [n] of a symmetric codebook -> the same values by sign-magnitude label:
+    [c[n/2], ..., c[n-1], c[n/2 - 1], ..., c[0]], so entry j + n/2 is minus entry j."""
+    half = centroids.shape[0] // 2
+    return torch.cat([centroids[half:], centroids[:half].flip(0)])
+
+
+def rank_to_label(rank: torch.Tensor, bits: int) -> torch.Tensor:
+    """Rank k of a value among the 2**bits sorted centroids -> its sign-magnitude label."""
+    n = 1 << bits
+    return torch.where(rank >= n // 2, rank - n // 2, n - 1 - rank)
+
+
 # --------------------------------------------------------------------------------------------
 # Rotations
 # --------------------------------------------------------------------------------------------
@@ -207,8 +226,9 @@ def _check_config(head_dim: int, bits: int, rotation: str) -> None:
 class TurboQuantizer(nn.Module):
     """Quantize vectors of size `head_dim` to `bits` per coordinate plus one norm per vector.
 
-    Buffers (float32): `centroids` [2**bits], `boundaries` [2**bits - 1], `rotation` [D, D]. The
-    rotated vector is y = u @ rotation.T, so dequantization is y_hat @ rotation. With
+    Buffers (float32): `centroids` [2**bits] by sign-magnitude label (the packed indices index
+    it), `boundaries` [2**bits - 1] sorted, `rotation` [D, D]. The rotated vector is
+    y = u @ rotation.T, so dequantization is y_hat @ rotation. With
     `norm_correction`, the stored norm is ||x|| / ||y_hat||: the reconstruction then has exactly
     the input's norm (MSE-optimal codebooks otherwise shrink vectors by about D_mse).
     """
@@ -227,7 +247,7 @@ class TurboQuantizer(nn.Module):
         self.rotation_kind, self.norm_correction = rotation, norm_correction
         centroids, boundaries, mse = codebook(head_dim, bits)
         self.expected_mse = mse
-        self.register_buffer("centroids", centroids.clone(), persistent=False)
+        self.register_buffer("centroids", codebook_in_label_order(centroids), persistent=False)
         self.register_buffer("boundaries", boundaries.clone(), persistent=False)
         self.register_buffer("rotation", make_rotation(head_dim, rotation, seed), persistent=False)
 
@@ -247,8 +267,8 @@ class TurboQuantizer(nn.Module):
         unit = xf / norms.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
         y = unit @ self.rotation.T
         # Counting boundaries below y is bucketize without a data-dependent search: it exports and
-        # lowers to one fused elementwise kernel.
-        idx = (y.unsqueeze(-1) > self.boundaries).sum(-1)
+        # lowers to one fused elementwise kernel (the relabeling too).
+        idx = rank_to_label((y.unsqueeze(-1) > self.boundaries).sum(-1), self.bits)
         if self.norm_correction:
             y_norm = torch.linalg.vector_norm(self.centroids[idx], dim=-1)
             norms = norms / y_norm.clamp_min(torch.finfo(torch.float32).tiny)
