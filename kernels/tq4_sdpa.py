@@ -166,7 +166,7 @@ def _dequant_prmt(b, t0, t1, t2, t3):
 
     Each instance takes 4 packed bytes, i.e. 8 nibbles, and looks them up with byte permutes
     (`prmt`). TurboQuant indices are sign-magnitude labels (tq_export/turboquant.py): c[j + 8] =
-    -c[j], so an 8-entry table of c[0..7] serves all 16: a nibble selects entry k & 7, and bit 3
+    -c[j], so an 8-entry table of c[0..7] serves all 16: a nibble j selects entry j & 7, and bit 3
     flips the sign. Per two bytes, one permute gives the low bytes of the four bf16 entries, one
     the high bytes, one (in sign mode) the sign mask, and two more interleave them into bf16
     pairs: 15 instructions per 8 values, no memory access. (With the nibbles as ranks, c[15 - k]
@@ -243,12 +243,12 @@ def _codebook_tables(cent_ptr):
     bits = _bf16_bits(tl.load(cent_ptr + o))
     mirror = _bf16_bits(tl.load(cent_ptr + (o ^ 8)))
     symmetric = tl.max(tl.where(bits == (mirror ^ 0x8000), 0, 1), 0) == 0
-    upper, shift, w = o < 8, (o % 4) * 8, (o // 4) % 2
+    magnitude, shift, w = o < 8, (o % 4) * 8, (o // 4) % 2
     lo, hi = (bits & 0xFF) << shift, (bits >> 8) << shift
-    t0 = tl.sum(tl.where(upper & (w == 0), lo, 0), 0)
-    t1 = tl.sum(tl.where(upper & (w == 1), lo, 0), 0)
-    t2 = tl.sum(tl.where(upper & (w == 0), hi, 0), 0)
-    t3 = tl.sum(tl.where(upper & (w == 1), hi, 0), 0)
+    t0 = tl.sum(tl.where(magnitude & (w == 0), lo, 0), 0)
+    t1 = tl.sum(tl.where(magnitude & (w == 1), lo, 0), 0)
+    t2 = tl.sum(tl.where(magnitude & (w == 0), hi, 0), 0)
+    t3 = tl.sum(tl.where(magnitude & (w == 1), hi, 0), 0)
     nan_lo, nan_hi = -1061109568, 0x7F7F7F7F  # bytes 0xC0 and 0x7F: bf16 0x7FC0, a NaN
     return (tl.where(symmetric, t0, nan_lo), tl.where(symmetric, t1, nan_lo),
             tl.where(symmetric, t2, nan_hi), tl.where(symmetric, t3, nan_hi))
