@@ -500,8 +500,11 @@ def _tq4_decode_kernel(
         m_n = o_n < hi
         b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
         b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, INTERPRET)
-        b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, INTERPRET)
         b_sT = (tl.dot(b_ke, b_qeT) + tl.dot(b_ko, b_qoT)) * b_kn[:, None]  # [BN, BM]
+        # V is looked up only now, after K's tiles have been read: the looked-up tiles reach the
+        # MMAs through shared memory, and K's and V's (64 KB at head_dim 256) alive together
+        # allowed 3 programs per SM; one after the other, 37 KB, the registers' 4.
+        b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, INTERPRET)
         keep = (o_n[:, None] <= pos_r[None, :]) & m_n[:, None]
         b_sT = tl.where(keep, b_sT, float("-inf"))
         # Online softmax down the key axis, in base 2 (log2 e is folded into q); a row with
@@ -522,19 +525,23 @@ def _tq4_decode_kernel(
     lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
     row = (i_bh * nsplit + i_s) * M_total + o_r
     tl.store(plse_ptr + row, lse, mask=m_r)
-    tl.store(po_ptr + row[None, :] * D + o_h[:, None], b_aeT * inv_l[None, :], mask=m_r[None, :])
-    tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], b_aoT * inv_l[None, :], mask=m_r[None, :])
+    # A split past the cached keys (a cache filled to a fraction of its length leaves most of
+    # them so) stores only its -inf log-sum-exps: the merge reads no partial past kv_len.
+    if lo < kv_len:
+        tl.store(po_ptr + row[None, :] * D + o_h[:, None], b_aeT * inv_l[None, :], mask=m_r[None, :])
+        tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], b_aoT * inv_l[None, :], mask=m_r[None, :])
 
 
 @triton.jit
-def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
+def _merge_group(b_o, g0: tl.constexpr, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
                  BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr):
-    """Add splits [g0, g0 + 64) below nsplit of one row, weighted by exp2(lse - m_use), to the
-    [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads are in flight at once."""
+    """Add splits [g0, g0 + 64) below `used` (those holding keys) of one row, weighted by
+    exp2(lse - m_use), to the [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads
+    are in flight at once."""
     for s1 in tl.static_range(0, 64, BLOCK_S):
         if g0 + s1 < NS_MAX:
             o_s = g0 + s1 + tl.arange(0, BLOCK_S)
-            m_s = o_s < nsplit
+            m_s = o_s < used
             p_row = row0 + o_s * M_total
             w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
             b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
@@ -555,10 +562,11 @@ def _tq4_combine_kernel(
     steps as possible: kv_len and all log-sum-exps at once (NS_MAX >= nsplit, a power of two
     fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled loop over
     NS_MAX, all in flight together; a loop over nsplit made one dependent L2 round trip per step
-    (6.8 us at 132 splits on H100). Every split stores its partial (one that holds no keys: -inf
-    and zeros), so the log-sum-exps need not wait for kv_len; it only says which groups of 64
-    splits to skip. The partials keep the attention loop's [even | odd] column order, so R's rows
-    are read in that order too.
+    (6.8 us at 132 splits on H100). Every split stores its log-sum-exps (one that holds no keys:
+    -inf), so they need not wait for kv_len; kv_len says which splits hold keys (`used`): only
+    their partial rows are written and read, and groups of 64 splits past them are skipped. The
+    partials keep the attention loop's [even | odd] column order, so R's rows are read in that
+    order too.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -577,10 +585,10 @@ def _tq4_combine_kernel(
     # instructions: with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys,
     # the masked unrolled loop took 2.8 us more). The first group always runs, unguarded.
     used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))
-    b_o = _merge_group(b_o, 0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+    b_o = _merge_group(b_o, 0, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     for g0 in tl.static_range(64, NS_MAX, 64):
         if g0 < used:
-            b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+            b_o = _merge_group(b_o, g0, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
     # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
     r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
@@ -706,19 +714,21 @@ def _config(M_total, S, B, H_kv, D, device):
                   chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are the MMA's M) with one pipeline stage,
-        # 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key tiles below, and two
-        # programs per SM: the fastest of 64 launch configs per case on H100 for both qwen3.5-moe
-        # (2 x 256) and llama (8 x 128) heads at 4K-128K (scripts/bench_attention.py --sweep --only
-        # decode; results/attention.md). The query rows are the MMA's N: 8 when they fit (decode
-        # with GQA up to 8) rather than 16 halves the accumulators, 128 registers instead of 174-190
-        # (4 programs fit on an SM instead of 2, scripts/kernel_resources.py): 1-6% faster in every
-        # decode case on H200, although Triton then takes mma.sync for wgmma. A cache of 128K keys
-        # or more gets three programs per SM: at full length 4.5% (qwen3.5-moe) and 12% (llama)
-        # faster on H200, and with 4K of it filled, the same (qwen3.5-moe) or 10% slower (llama);
-        # below 128K two are faster (x3 lost 7% at 32K). results/attention.md has the tables.
+        # 4 warps, 64-key tiles at head_dim 256 (registers) and 128-key tiles below: the fastest
+        # of 64 launch configs per case on H100 for both qwen3.5-moe (2 x 256) and llama (8 x 128)
+        # heads at 4K-128K (scripts/bench_attention.py --sweep --only decode; results/attention.md).
+        # The query rows are the MMA's N: 8 when they fit (decode with GQA up to 8) rather than 16
+        # halves the accumulators, 128 registers instead of 174-190 (scripts/kernel_resources.py):
+        # 1-6% faster in every decode case on H200, although Triton then takes mma.sync for wgmma.
+        # Registers and shared memory fit 4 programs per SM. The loop is issue-bound, and more
+        # resident warps hide more of its latencies, but every range also costs a fixed prologue,
+        # epilogue and merge: 4 programs per SM where each range still gets at least 4 tiles
+        # (llama 32K and both at 128K: 4-8% faster on H200), else 2 (qwen3.5-moe 32K, where a
+        # range would get 2 tiles: 5% slower at 4). results/attention.md has the tables.
         block_m = 8 if statically_known_true(M_total <= 8) else 16
         block_n = 64 if D >= 256 else 128
-        per_sm = 3 if statically_known_true(S >= 131072) else 2
+        splits4 = triton.cdiv(4 * sms, B * H_kv)
+        per_sm = 4 if statically_known_true(S > 3 * block_n * splits4) else 2
         max_splits = triton.cdiv(per_sm * sms, B * H_kv)  # independent of kv_len: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,

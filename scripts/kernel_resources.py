@@ -1,6 +1,6 @@
 """Compile tq4_sdpa's decode kernel for sm_90 on any machine (no GPU needed) and report what
-decides its speed: registers per thread, spill stack, programs that fit on one SM, and the
-instruction mix of its key loop in the SASS.
+decides its speed: registers per thread, spill stack, shared memory, programs that fit on one SM
+(by registers, threads and shared memory), and the instruction mix of its key loop in the SASS.
 
     python scripts/kernel_resources.py [--block-m 8] [--block-n 64] [--warps 4] [--maxnreg N]
 
@@ -28,6 +28,8 @@ from tq_kernels import tq4_sdpa as mod
 from bench_attention import SHAPES  # scripts/ is on sys.path: the benchmark's head layouts
 
 REGISTERS_PER_SM, MAX_THREADS_PER_SM = 65536, 2048
+# sm_90: 228 KB of shared memory per SM, of which each resident program also reserves 1 KB.
+SHARED_PER_SM, SHARED_RESERVED = 228 * 1024, 1024
 INT_ARGS = ("stride_kb", "stride_kh", "stride_ks", "stride_nb", "stride_nh", "Lq", "M_total", "H_kv", "nsplit")
 POINTERS = {"qr_ptr": "*bf16", "kp_ptr": "*u8", "kn_ptr": "*bf16", "vp_ptr": "*u8", "vn_ptr": "*bf16",
             "lut_ptr": "*bf16", "tab_ptr": "*i32", "kv_len_ptr": "*i64", "po_ptr": "*fp32", "plse_ptr": "*fp32"}
@@ -77,14 +79,16 @@ def report(name, G, D, args) -> str:
     regs, stack = int(usage.group(1)), int(usage.group(2))
     threads = 32 * args.warps
     # Registers are allocated per warp in units of 256 (8 per thread, rounded up).
-    per_sm = min(REGISTERS_PER_SM // (threads * (-(-regs // 8) * 8)), MAX_THREADS_PER_SM // threads)
+    shared = ck.metadata.shared
+    per_sm = min(REGISTERS_PER_SM // (threads * (-(-regs // 8) * 8)), MAX_THREADS_PER_SM // threads,
+                 SHARED_PER_SM // (shared + SHARED_RESERVED))
     loop = largest_loop(cuobjdump(ck.asm["cubin"], "--dump-sass"))
     counts = collections.Counter(opcode(i) for i in loop)
     mix = counts.most_common(8)
     # How the MMA operands leave shared memory: ldmatrix (LDSM) hands each thread its fragment;
     # plain loads (LDS) of a layout that does not match need register moves to reassemble it.
     return (f"{name:12s} BLOCK_M {args.block_m:2d} BLOCK_N {block_n:3d} warps {args.warps}: {regs} registers, "
-            f"{stack} B stack, {per_sm} programs/SM; loop {len(loop)} instructions "
+            f"{stack} B stack, {shared // 1024} KB shared, {per_sm} programs/SM; loop {len(loop)} instructions "
             f"({', '.join(f'{k} {v}' for k, v in mix)}); shared loads: {counts['LDSM']} ldmatrix, {counts['LDS']} plain")
 
 

@@ -76,16 +76,20 @@ def test_prefill_over_a_scratch_of_few_rows(B, H_q, H_kv, Lq, S, kv_len, D, chun
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
 
 
-def test_decode_splits_give_two_programs_per_sm_three_from_128k_and_never_an_empty_tile():
+def test_decode_splits_give_four_programs_per_sm_where_each_range_gets_four_tiles_and_never_an_empty_tile():
     from tq_kernels import tq4_sdpa as mod
 
     cpu, sms = torch.device("cpu"), mod._num_sms(torch.device("cpu"))
-    for capacity, per_sm in ((32768, 2), (131071, 2), (131072, 3), (262144, 3)):
+    # At 4 programs per SM qwen3.5-moe's 2 heads get 264 ranges and llama's 8 heads 66: 4 tiles
+    # each (64 and 128 keys) from 3 x 64 x 264 = 50688 and 3 x 128 x 66 = 25344 cached keys.
+    for capacity, per_sm_qwen, per_sm_llama in ((4096, 2, 2), (25344, 2, 2), (25345, 2, 4), (32768, 2, 4),
+                                                (50688, 2, 4), (50689, 4, 4), (131072, 4, 4), (262144, 4, 4)):
         qwen = mod._config(8, capacity, 1, 2, 256, cpu)  # 2 KV heads x D 256
         llama = mod._config(4, capacity, 1, 8, 128, cpu)  # 8 KV heads x D 128
-        n = per_sm * sms
-        assert n <= qwen["nsplit"] * 2 < n + 2 and n <= llama["nsplit"] * 8 < n + 8, capacity
-        assert qwen["max_splits"] == qwen["nsplit"] and llama["max_splits"] == llama["nsplit"]
+        n, m = per_sm_qwen * sms, per_sm_llama * sms
+        assert n <= qwen["max_splits"] * 2 < n + 2 and m <= llama["max_splits"] * 8 < m + 8, capacity
+        for cfg, block_n in ((qwen, 64), (llama, 128)):
+            assert cfg["nsplit"] == min(cfg["max_splits"], -(-capacity // block_n)), capacity
     assert (qwen["block_n"], llama["block_n"]) == (64, 128)  # 128-key tiles where registers allow
     assert mod._config(1, 65536, 1, 1, 64, cpu)["nsplit"] == 2 * sms  # one small head still fills the GPU
     assert mod._config(8, 100, 1, 2, 256, cpu)["nsplit"] == 2  # never more splits than 64-key tiles
@@ -223,14 +227,15 @@ def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
 @interpreted
 @pytest.mark.parametrize("nsplit,S,kv_len", [(37, 700, 650), (100, 1700, 1590), (100, 1700, 900)])
 def test_merge_of_many_splits_some_empty(nsplit, S, kv_len, monkeypatch):
-    """The merge reads its splits in an unrolled loop over a power-of-two bound, masked past
-    nsplit, and past its first 64 splits runs a group of 64 only when some split in it holds keys.
-    It reads every split's log-sum-exp without asking kv_len which hold keys, so every split must
-    store its partial (one without keys: -inf and zeros): the partial buffers start as NaN here,
-    and a split that stored nothing would make the output NaN. 37 splits of 32 keys (several
-    chunks of 16, the last ragged) over a 650-key cache: the splits past the end hold nothing. 100
-    splits of 16 keys (a bound of 128, two groups): at kv_len 1590 all 100 hold keys, so the
-    second group must run; at 900 only 57 do and it is skipped."""
+    """The merge reads its splits in an unrolled loop over a power-of-two bound, and past its
+    first 64 splits runs a group of 64 only when some split in it holds keys. It reads every
+    split's log-sum-exp without asking kv_len which hold keys, so every split stores one (-inf
+    without keys); a split past kv_len stores no partial row, and the merge must not read one:
+    the partial buffers start as NaN here, and a read of one would make the output NaN (a zero
+    weight does not cancel a NaN). 37 splits of 32 keys (several chunks of 16, the last ragged)
+    over a 650-key cache: the splits past the end hold nothing. 100 splits of 16 keys (a bound of
+    128, two groups): at kv_len 1590 all 100 hold keys, so the second group must run; at 900 only
+    57 do and it is skipped."""
     from tq_kernels import tq4_sdpa as mod
 
     partials = mod._partials
