@@ -217,6 +217,16 @@ def _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks):
 
 
 @triton.jit
+def _prefetch_l2(ptr, nbytes):
+    """Ask L2 for the nbytes at ptr (16-byte aligned, a multiple of 16): one bulk prefetch
+    (sm_90), issued by thread 0 only; nothing waits for it."""
+    return tl.inline_asm_elementwise(
+        asm="{ .reg .pred p; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+            "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        constraints="=r,l,r", args=[ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh, stride_nb, stride_nh):
     """One (batch, KV head)'s packed K / V rows and their norms."""
     return (kp_ptr + i_b * stride_kb + i_kvh * stride_kh, vp_ptr + i_b * stride_kb + i_kvh * stride_kh,
@@ -495,10 +505,25 @@ def _tq4_decode_kernel(
     b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
     p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
                                       stride_kb, stride_kh, stride_nb, stride_nh)
+    KN_BYTES: tl.constexpr = kn_ptr.dtype.element_ty.primitive_bitwidth // 8
+    VN_BYTES: tl.constexpr = vn_ptr.dtype.element_ty.primitive_bitwidth // 8
+    # A bulk prefetch needs 16-byte aligned ranges (a cache view at an odd offset goes without).
+    prefetch = ((p_k.to(tl.int64) | p_v.to(tl.int64) | p_kn.to(tl.int64) | p_vn.to(tl.int64)
+                 | (stride_ks | BLOCK_N * KN_BYTES | BLOCK_N * VN_BYTES)) & 15) == 0
     for n0 in range(lo, hi, BLOCK_N):
         o_n = n0 + tl.arange(0, BLOCK_N)
         m_n = o_n < hi
         b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
+        # The next tile's rows (contiguous: one range each for K, V and their norms) start on
+        # their way to L2 while this one is computed, so its loads wait on L2, not on HBM: the
+        # loop's stalls on global loads halve (ncu) and decode at 32K-128K gets 1-5% faster.
+        if not INTERPRET:
+            if prefetch & (n0 + 2 * BLOCK_N <= hi):
+                nxt = n0 + BLOCK_N
+                _prefetch_l2(p_k + nxt * stride_ks, BLOCK_N * stride_ks)
+                _prefetch_l2(p_v + nxt * stride_ks, BLOCK_N * stride_ks)
+                _prefetch_l2(p_kn + nxt, BLOCK_N * KN_BYTES)
+                _prefetch_l2(p_vn + nxt, BLOCK_N * VN_BYTES)
         b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, INTERPRET)
         b_sT = (tl.dot(b_ke, b_qeT) + tl.dot(b_ko, b_qoT)) * b_kn[:, None]  # [BN, BM]
         # V is looked up only now, after K's tiles have been read: the looked-up tiles reach the
@@ -526,25 +551,27 @@ def _tq4_decode_kernel(
     row = (i_bh * nsplit + i_s) * M_total + o_r
     tl.store(plse_ptr + row, lse, mask=m_r)
     # A split past the cached keys (a cache filled to a fraction of its length leaves most of
-    # them so) stores only its -inf log-sum-exps: the merge reads no partial past kv_len.
+    # them so) stores only its -inf log-sum-exps; the merge drops its row by that weight of 0.
     if lo < kv_len:
         tl.store(po_ptr + row[None, :] * D + o_h[:, None], b_aeT * inv_l[None, :], mask=m_r[None, :])
         tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], b_aoT * inv_l[None, :], mask=m_r[None, :])
 
 
 @triton.jit
-def _merge_group(b_o, g0: tl.constexpr, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
+def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
                  BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr):
-    """Add splits [g0, g0 + 64) below `used` (those holding keys) of one row, weighted by
-    exp2(lse - m_use), to the [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads
-    are in flight at once."""
+    """Add splits [g0, g0 + 64) below nsplit of one row, weighted by exp2(lse - m_use), to the
+    [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads are in flight at once. A
+    split without keys (lse -inf, weight 0) stored no partial row: what its row holds is dropped
+    by a select, since 0 times a stale NaN would still be NaN."""
     for s1 in tl.static_range(0, 64, BLOCK_S):
         if g0 + s1 < NS_MAX:
             o_s = g0 + s1 + tl.arange(0, BLOCK_S)
-            m_s = o_s < used
+            m_s = o_s < nsplit
             p_row = row0 + o_s * M_total
             w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
-            b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
+            b_po = tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
+            b_o += tl.where(w[:, None] > 0, w[:, None] * b_po, 0.0)
     return b_o
 
 
@@ -563,8 +590,8 @@ def _tq4_combine_kernel(
     fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled loop over
     NS_MAX, all in flight together; a loop over nsplit made one dependent L2 round trip per step
     (6.8 us at 132 splits on H100). Every split stores its log-sum-exps (one that holds no keys:
-    -inf), so they need not wait for kv_len; kv_len says which splits hold keys (`used`): only
-    their partial rows are written and read, and groups of 64 splits past them are skipped. The
+    -inf) and only splits that hold keys store a partial row, so no load waits for kv_len: it
+    only says which groups of 64 splits to skip, and a weight of 0 which rows to drop. The
     partials keep the attention loop's [even | odd] column order, so R's rows are read in that
     order too.
     """
@@ -585,10 +612,10 @@ def _tq4_combine_kernel(
     # instructions: with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys,
     # the masked unrolled loop took 2.8 us more). The first group always runs, unguarded.
     used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))
-    b_o = _merge_group(b_o, 0, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+    b_o = _merge_group(b_o, 0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     for g0 in tl.static_range(64, NS_MAX, 64):
         if g0 < used:
-            b_o = _merge_group(b_o, g0, used, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+            b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
     # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
     r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
