@@ -550,28 +550,22 @@ def _tq4_decode_kernel(
     lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
     row = (i_bh * nsplit + i_s) * M_total + o_r
     tl.store(plse_ptr + row, lse, mask=m_r)
-    # A split past the cached keys (a cache filled to a fraction of its length leaves most of
-    # them so) stores only its -inf log-sum-exps; the merge drops its row by that weight of 0.
-    if lo < kv_len:
-        tl.store(po_ptr + row[None, :] * D + o_h[:, None], b_aeT * inv_l[None, :], mask=m_r[None, :])
-        tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], b_aoT * inv_l[None, :], mask=m_r[None, :])
+    tl.store(po_ptr + row[None, :] * D + o_h[:, None], b_aeT * inv_l[None, :], mask=m_r[None, :])
+    tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], b_aoT * inv_l[None, :], mask=m_r[None, :])
 
 
 @triton.jit
 def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
                  BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr):
     """Add splits [g0, g0 + 64) below nsplit of one row, weighted by exp2(lse - m_use), to the
-    [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads are in flight at once. A
-    split without keys (lse -inf, weight 0) stored no partial row: what its row holds is dropped
-    by a select, since 0 times a stale NaN would still be NaN."""
+    [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads are in flight at once."""
     for s1 in tl.static_range(0, 64, BLOCK_S):
         if g0 + s1 < NS_MAX:
             o_s = g0 + s1 + tl.arange(0, BLOCK_S)
             m_s = o_s < nsplit
             p_row = row0 + o_s * M_total
             w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
-            b_po = tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
-            b_o += tl.where(w[:, None] > 0, w[:, None] * b_po, 0.0)
+            b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
     return b_o
 
 
@@ -589,11 +583,10 @@ def _tq4_combine_kernel(
     steps as possible: kv_len and all log-sum-exps at once (NS_MAX >= nsplit, a power of two
     fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled loop over
     NS_MAX, all in flight together; a loop over nsplit made one dependent L2 round trip per step
-    (6.8 us at 132 splits on H100). Every split stores its log-sum-exps (one that holds no keys:
-    -inf) and only splits that hold keys store a partial row, so no load waits for kv_len: it
-    only says which groups of 64 splits to skip, and a weight of 0 which rows to drop. The
-    partials keep the attention loop's [even | odd] column order, so R's rows are read in that
-    order too.
+    (6.8 us at 132 splits on H100). Every split stores its partial (one that holds no keys: -inf
+    and zeros), so the log-sum-exps need not wait for kv_len; it only says which groups of 64
+    splits to skip. The partials keep the attention loop's [even | odd] column order, so R's rows
+    are read in that order too.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)

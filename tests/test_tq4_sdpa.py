@@ -227,15 +227,14 @@ def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
 @interpreted
 @pytest.mark.parametrize("nsplit,S,kv_len", [(37, 700, 650), (100, 1700, 1590), (100, 1700, 900)])
 def test_merge_of_many_splits_some_empty(nsplit, S, kv_len, monkeypatch):
-    """The merge reads its splits in an unrolled loop over a power-of-two bound, and past its
-    first 64 splits runs a group of 64 only when some split in it holds keys. It reads every
-    split's log-sum-exp without asking kv_len which hold keys, so every split stores one (-inf
-    without keys); a split past kv_len stores no partial row, and the merge must not read one:
-    the partial buffers start as NaN here, and a read of one would make the output NaN (a zero
-    weight does not cancel a NaN). 37 splits of 32 keys (several chunks of 16, the last ragged)
-    over a 650-key cache: the splits past the end hold nothing. 100 splits of 16 keys (a bound of
-    128, two groups): at kv_len 1590 all 100 hold keys, so the second group must run; at 900 only
-    57 do and it is skipped."""
+    """The merge reads its splits in an unrolled loop over a power-of-two bound, masked past
+    nsplit, and past its first 64 splits runs a group of 64 only when some split in it holds keys.
+    It reads every split's log-sum-exp without asking kv_len which hold keys, so every split must
+    store its partial (one without keys: -inf and zeros): the partial buffers start as NaN here,
+    and a split that stored nothing would make the output NaN. 37 splits of 32 keys (several
+    chunks of 16, the last ragged) over a 650-key cache: the splits past the end hold nothing. 100
+    splits of 16 keys (a bound of 128, two groups): at kv_len 1590 all 100 hold keys, so the
+    second group must run; at 900 only 57 do and it is skipped."""
     from tq_kernels import tq4_sdpa as mod
 
     partials = mod._partials
