@@ -487,7 +487,12 @@ def _tq4_decode_kernel(
     ldmatrix (see `_dequant_prmt`) the step is ~937 instructions.
     """
     HALF: tl.constexpr = D // 2
-    i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # The split is the grid's slowest axis: the GPU hands out programs in grid order, so the
+    # splits that hold keys in a partly filled cache (the first ones) go to distinct SMs. With
+    # the head slowest, SM j of 132 got programs j, j + 132, j + 264 and j + 396 at 4 per SM,
+    # which at 66 splits per head (llama's 8 heads) are one split number: half the SMs got four
+    # splits holding keys, half none.
+    i_m, i_bh, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
     o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G, BLOCK_M, BLOCK_N)
@@ -834,7 +839,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
     po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
-    wrap_triton(_tq4_decode_kernel)[grid](
+    wrap_triton(_tq4_decode_kernel)[(grid[0], B * H_kv, nsplit)](
         q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
