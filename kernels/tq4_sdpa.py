@@ -800,7 +800,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     S = k_packed.shape[2]
     kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
     nstrides = (k_norms.stride(0), k_norms.stride(1))
-    grid = (triton.cdiv(M_total, cfg["block_m"]), nsplit, B * H_kv)
+    q_tiles = triton.cdiv(M_total, cfg["block_m"])  # query tiles per (batch, KV head)
 
     if not cfg["decode"]:  # every query tile reads every row: decompress each one once, into bf16
         # At most `chunk` rows at a time: a long cache is decompressed and attended chunk by chunk.
@@ -816,7 +816,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
                 k_packed, v_packed, k_norms, v_norms, centroids, rot, kv_len, kd, vd, *kstrides, *nstrides,
                 H_kv, c * chunk, chunk, scale * LOG2E, D=D, BLOCK_N=sn, BLOCK_C=sc, INTERPRET=interpret, num_warps=sw,
             )
-            wrap_triton(_dense_attn_kernel)[grid](
+            wrap_triton(_dense_attn_kernel)[(q_tiles, nsplit, B * H_kv)](
                 q, kd, vd, kv_len, out, po, plse, *q_strides, *out_strides, Lq, M_total, H_kv, c * chunk, chunk,
                 nsplit, G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], SPLIT_KEYS=split_keys,
                 CHUNKED=nchunk > 1, INTERPRET=interpret, num_warps=cfg["warps"], num_stages=cfg["stages"],
@@ -839,7 +839,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
     po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
-    wrap_triton(_tq4_decode_kernel)[(grid[0], B * H_kv, nsplit)](
+    wrap_triton(_tq4_decode_kernel)[(q_tiles, B * H_kv, nsplit)](
         q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
