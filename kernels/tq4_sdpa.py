@@ -8,11 +8,13 @@ its rotated unit vector y = u @ R^T. Decode never decompresses the cache to memo
 
 so the inner loop reads 2 bytes per 4 coordinates (plus one norm per row), looks each nibble up in
 the 16-entry codebook, and feeds tensor-core dots. The lookup is the cost that decides the speed:
-on the GPU it runs in registers with byte permutes (`_dequant_prmt`, 2.25 instructions per value,
-no memory access; the codebook's symmetry halves the table); a gather from a table in memory ran
-3x slower. Two more tricks:
-  * no nibble interleaving: the high nibbles are the even coordinates and the low nibbles the odd
-    ones, so the query is loaded as its even and odd halves and every dot is split in two;
+on the GPU it runs in registers with byte permutes (no memory access; the codebook's symmetry
+halves the table); a gather from a table in memory ran 3x slower. Decode looks nibbles up as int8
+codes (`_codes_asm`, 1.1 instructions per value): keys meet an int8 copy of the query in exact
+int8 MMAs, values go to fp16 MMAs by one more permute per two values. Prefill decompresses each
+row once into bf16 (`_dequant_prmt`). Two more tricks:
+  * no nibble interleaving: a packed byte's two coordinates go to different dot operands, so the
+    query is loaded in the operands' coordinate order and every dot is split in two;
   * norms scale the [M, N] score / probability tiles, never the [N, D] K / V tiles.
 
 Decode (one query row per head) splits the KV sequence over CTAs (flash-decoding) and a second
@@ -60,7 +62,7 @@ HEAD_DIMS = (64, 128, 256)
 
 @triton.jit
 def _rotate_q_kernel(
-    q_ptr, rot_ptr, qr_ptr, cent_ptr, lut_ptr, tab_ptr,
+    q_ptr, rot_ptr, qr_ptr, cent_ptr, tab_ptr,
     stride_qb, stride_qh, stride_ql,
     M_total, H_kv, qk_scale,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -71,19 +73,18 @@ def _rotate_q_kernel(
     Rows are GQA-packed (r = position * G + head). Each program reads its chunk of R's rows once
     and walks row tiles i_m, i_m + num_programs(0), ... (so many rows would not re-read R per
     tile); bf16 operands with fp32 accumulation (the result is stored bf16 anyway). One more
-    program (chunk index D / BLOCK_C) writes the codebook in the two forms the attention loop
-    reads: the bf16 LUT, and the byte tables of `_dequant_prmt`. It is a program of its own so
-    that no program's chain of dependent loads holds both jobs: at decode this kernel is a few
+    program (chunk index D / BLOCK_C) writes the codebook as the decode loop reads it: two words
+    of int8 codes and their scale (`_code_tables`). It is a program of its own so that no
+    program's chain of dependent loads holds both jobs: at decode this kernel is a few
     microseconds of latency, not of work.
     """
     i_m0, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if i_c == D // BLOCK_C:
         if i_m0 == 0 and i_bh == 0:
-            o_l = tl.arange(0, 16)
-            tl.store(lut_ptr + o_l, tl.load(cent_ptr + o_l).to(tl.bfloat16))
-            tables = _codebook_tables(cent_ptr)
-            for i in tl.static_range(4):
-                tl.store(tab_ptr + i, tables[i])
+            t0, t1, cq = _code_tables(cent_ptr)
+            tl.store(tab_ptr, t0)
+            tl.store(tab_ptr + 1, t1)
+            tl.store(tab_ptr + 2, cq.to(tl.int32, bitcast=True))
     else:
         i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
         o_d = tl.arange(0, D)
@@ -189,12 +190,6 @@ def _dequant_prmt(b, t0, t1, t2, t3):
 
 
 @triton.jit
-def _lookup_table(tab_ptr):
-    """The four 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from."""
-    return tl.load(tab_ptr), tl.load(tab_ptr + 1), tl.load(tab_ptr + 2), tl.load(tab_ptr + 3)
-
-
-@triton.jit
 def _lookup(b, lut_ptr, t0, t1, t2, t3, INTERPRET: tl.constexpr):
     """Codebook values of the high (even coordinates) and low (odd) nibbles of packed bytes b:
     in registers by _dequant_prmt on the GPU; under the interpreter (no inline PTX there)
@@ -204,6 +199,108 @@ def _lookup(b, lut_ptr, t0, t1, t2, t3, INTERPRET: tl.constexpr):
     else:
         b_e, b_o = _dequant_prmt(b, t0, t1, t2, t3)
     return b_e, b_o
+
+
+# Decode looks the codebook up as int8 codes instead (prefill decompresses rows once, above):
+# code t stands for the value (t + 0.5) / cq, with cq = 127.5 / max|c|, so the 16 entries of a
+# symmetric codebook in sign-magnitude labels are t_j = floor(c_j * cq) and t_{j+8} = ~t_j
+# (= -t_j - 1, value -(t_j + 0.5) / cq): a sign flip is an XOR with 0xFF. Keys feed int8 MMAs
+# with an int8 query, exact in int32; values feed fp16 MMAs as 1024 + u, u = t + 128 the
+# offset-binary code, fp16 bits 0x64uu: the byte is the low half of the number, so one permute
+# per two values builds them. Either way a lookup is 9 instructions per 8 values plus, for
+# values, 4 permutes (bf16 entries took 16), and an int8 tile is half the shared memory.
+def _codes_asm(values: bool) -> str:
+    """PTX of `_dequant_k` (values=False) and `_dequant_v` (True). Per 4 packed bytes x: the
+    permute selector is each nibble's low 3 bits (the magnitude's entry among t_0..t_7); one
+    permute in sign mode turns each nibble's bit 3 into a 0x00 / 0xFF byte mask, the XOR applies
+    it. Output bytes come in nibble order: lo, hi nibble of byte 0, lo, hi of byte 1 (the first
+    register), then bytes 2-3 (the second): the query and the output are read in that
+    coordinate order (`_code_coords`), so the lookup needs no shuffles.
+
+    K: $0, $1 the two registers of int8 codes; $2 x; $3, $7 the table words (t_0..t_3, t_4..t_7).
+    V: $0-$3 fp16 pairs; $4 x; $5, $9 the table words in offset binary; $13 an XOR applied on
+    top (0 or ~0: rows alternate between 1024 + u and -(1024 + ~u), see `_decode_step`); $17 the
+    high bytes (0x64 or 0xE4 each)."""
+    x, t0, t1 = ("$4", "$5", "$9") if values else ("$2", "$3", "$7")
+    lines = ["{", ".reg .b32 s, y, m, v;", f"and.b32 s, {x}, 0x77777777;", f"shl.b32 y, {x}, 4;"]
+    # Mask selectors: for each output byte, the byte whose bit 7 is that nibble's bit 3 (of
+    # y = x << 4 for a low nibble, of x for a high one), with selector bit 3 set (sign mode).
+    for half, mask_sel in enumerate(("0x9D8C", "0xBFAE")):
+        if half:
+            lines.append("shr.u32 s, s, 16;")  # prmt reads its selector from bits 0-15
+        lines += [f"prmt.b32 m, {x}, y, {mask_sel};", f"prmt.b32 v, {t0}, {t1}, s;"]
+        if values:
+            lines += ["lop3.b32 v, v, m, $13, 0x96;",  # v ^ m ^ flip
+                      f"prmt.b32 ${2 * half}, v, $17, 0x4140;", f"prmt.b32 ${2 * half + 1}, v, $17, 0x4342;"]
+        else:
+            lines.append(f"xor.b32 ${half}, v, m;")
+    return " ".join(lines + ["}"])  # one line, like _prmt_asm
+
+
+_K_CODES_ASM = tl.constexpr(_codes_asm(False))
+_V_CODES_ASM = tl.constexpr(_codes_asm(True))
+
+
+@triton.jit
+def _dequant_k(b, t0, t1):
+    """Packed bytes [BN, D/2] -> int8 codes of their nibbles, two tensors of the same shape, in
+    `_code_coords` order (impure for the reason `_dequant_prmt` gives)."""
+    return tl.inline_asm_elementwise(asm=_K_CODES_ASM, constraints="=r,=r,r" + ",r" * 8, args=[b, t0, t1],
+                                     dtype=(tl.int8, tl.int8), is_pure=False, pack=4)
+
+
+@triton.jit
+def _dequant_v(b, t0, t1, flip, high):
+    """Packed bytes [BN, D/2] -> fp16 1024 + u (or -(1024 + ~u) where flip is ~0, high 0xE4E4E4E4)."""
+    return tl.inline_asm_elementwise(asm=_V_CODES_ASM, constraints="=r,=r,=r,=r,r" + ",r" * 16,
+                                     args=[b, t0, t1, flip, high], dtype=(tl.float16, tl.float16),
+                                     is_pure=False, pack=4)
+
+
+@triton.jit
+def _code_of(nib, t0, t1):
+    """int32 code of nibbles nib (the interpreter's lookup): entry nib & 7 of the table words,
+    sign-extended, complemented for nib >= 8."""
+    m = nib & 7
+    byte = (tl.where(m < 4, t0, t1) >> ((m & 3) * 8)) & 0xFF
+    t = tl.where(byte >= 128, byte - 256, byte)
+    return tl.where(nib >= 8, -t - 1, t)
+
+
+@triton.jit
+def _codes_emulated(b, t0, t1, BLOCK_N: tl.constexpr, HALF: tl.constexpr):
+    """What `_dequant_k` computes, as int32, by tensor reshapes: the interpreter runs no PTX."""
+    b = b.to(tl.int32)
+    # [key, group of 4 bytes, byte in half, half]: half 0 (bytes 0-1) is the first register.
+    b = tl.permute(tl.reshape(b, [BLOCK_N, HALF // 4, 2, 2]), (0, 1, 3, 2))
+    b_e, b_o = tl.split(b)
+    c_e = tl.join(_code_of(b_e & 15, t0, t1), _code_of(b_e >> 4, t0, t1))  # lo nibble first
+    c_o = tl.join(_code_of(b_o & 15, t0, t1), _code_of(b_o >> 4, t0, t1))
+    return tl.reshape(c_e, [BLOCK_N, HALF]), tl.reshape(c_o, [BLOCK_N, HALF])
+
+
+@triton.jit
+def _code_coords(o_h):
+    """Coordinate of column i of the first code tensor: 8 (i // 4) + (i % 4 ^ 1); the second
+    tensor's column i is that + 4."""
+    return 8 * (o_h // 4) + ((o_h % 4) ^ 1)
+
+
+@triton.jit
+def _code_tables(cent_ptr):
+    """The decode lookup's two words of int8 codes t_0..t_3, t_4..t_7 (byte j of word w = t_4w+j)
+    and the scale cq. A codebook whose entries j + 8 are not the negated entries j in bf16 (not
+    sign-magnitude labels of a symmetric codebook) gets cq = NaN, so the op's output is NaN rather
+    than silently wrong (the GPU cannot raise without a host sync; the CPU paths raise)."""
+    o = tl.arange(0, 16)
+    c = tl.load(cent_ptr + o)
+    symmetric = tl.max(tl.where(_bf16_bits(c) == (_bf16_bits(tl.load(cent_ptr + (o ^ 8))) ^ 0x8000), 0, 1), 0) == 0
+    cq = 127.5 / tl.max(tl.abs(c), 0)
+    t = tl.minimum(tl.floor(c * cq), 127.0).to(tl.int32) & 0xFF
+    shift, w = (o % 4) * 8, o // 4
+    t0 = tl.sum(tl.where(w == 0, t << shift, 0), 0)
+    t1 = tl.sum(tl.where(w == 1, t << shift, 0), 0)
+    return t0, t1, tl.where(symmetric, cq, float("nan"))
 
 
 @triton.jit
@@ -469,22 +566,93 @@ def _merge_partial(b_o, lse, po_ptr, plse_ptr, row, o_d, m_r, D: tl.constexpr):
 
 
 @triton.jit
+def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+                 w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+                 KN_BYTES: tl.constexpr, VN_BYTES: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
+                 MASK: tl.constexpr, INTERPRET: tl.constexpr):
+    """One BLOCK_N step of the decode loop over keys [n0, n0 + BLOCK_N): returns the updated row
+    max, and the [BN, BM] sums of probabilities and of probabilities x value norm, and the
+    accumulators. MASK: apply the end-of-range and causal masks (the loop's last tiles only)."""
+    o_n = n0 + tl.arange(0, BLOCK_N)
+    m_n = o_n < hi
+    if MASK:
+        b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
+    else:
+        p_row = o_n[:, None] * stride_ks + o_h[None, :]
+        b_kb, b_vb = tl.load(p_k + p_row), tl.load(p_v + p_row)
+        b_kn, b_vn = tl.load(p_kn + o_n).to(tl.float32), tl.load(p_vn + o_n).to(tl.float32)
+    # The next tile's rows (contiguous: one range each for K, V and their norms) start on their
+    # way to L2 while this one is computed, so its loads wait on L2, not on HBM: the loop's
+    # stalls on global loads halve (ncu) and decode at 32K-128K gets 1-5% faster.
+    if not INTERPRET:
+        if prefetch & (n0 + 2 * BLOCK_N <= hi):
+            nxt = n0 + BLOCK_N
+            _prefetch_l2(p_k + nxt * stride_ks, BLOCK_N * stride_ks)
+            _prefetch_l2(p_v + nxt * stride_ks, BLOCK_N * stride_ks)
+            _prefetch_l2(p_kn + nxt, BLOCK_N * KN_BYTES)
+            _prefetch_l2(p_vn + nxt, BLOCK_N * VN_BYTES)
+    # Scores: int8 codes x int8 query, exact in int32; each code stands for (t + 0.5) / cq, so
+    # the score is |k| * q_mul * (codes . q + q_add), q_add = sum(q) / 2.
+    if INTERPRET:  # same integers, in fp32 (exact at these sizes)
+        b_ke, b_ko = _codes_emulated(b_kb, t0, t1, BLOCK_N, HALF)
+        b_si = tl.dot(b_ke.to(tl.float32), b_qe) + tl.dot(b_ko.to(tl.float32), b_qo)
+    else:
+        b_ke, b_ko = _dequant_k(b_kb, t0, t1)
+        b_si = tl.dot(b_ke, b_qe) + tl.dot(b_ko, b_qo)
+    b_sT = (b_si.to(tl.float32) + q_add[None, :]) * q_mul[None, :] * b_kn[:, None]  # [BN, BM]
+    # V is looked up only now, after K's tiles have been read: the looked-up tiles reach the MMAs
+    # through shared memory, and K's and V's alive together would not let 4 programs fit per SM.
+    # Values as fp16 1024 + u on even rows and -(1024 + ~u) = u - 1279 on odd ones: the true
+    # value is u - 127.5, so every entry carries an offset of +-1151.5. With one sign only, the
+    # offsets piled up in the fp32 accumulator to ~1000x the signal, and the tensor cores' fp32
+    # accumulation lost the difference (llama 128K: cosine 0.998); alternating, they cancel
+    # inside each MMA and leave a sum the epilogue subtracts (b_wT holds it).
+    if INTERPRET:
+        b_ue, b_uo = _codes_emulated(b_vb, t0, t1, BLOCK_N, HALF)
+        odd = (w_sign < 0)[:, None]
+        b_ve = tl.where(odd, b_ue - 1151, b_ue + 1152).to(tl.float32)  # (t + 128) - 1279, (t + 128) + 1024
+        b_vo = tl.where(odd, b_uo - 1151, b_uo + 1152).to(tl.float32)
+    else:
+        b_ve, b_vo = _dequant_v(b_vb, u0, u1, v_flip, v_high)
+    if MASK:
+        keep = (o_n[:, None] <= pos_r[None, :]) & m_n[:, None]
+        b_sT = tl.where(keep, b_sT, float("-inf"))
+    # Online softmax down the key axis, in base 2 (log2 e is folded into q); a row with nothing
+    # kept yet subtracts 0 instead of -inf. The row sums stay per element and are reduced once,
+    # after the loop: a reduction across warps per step cost a barrier.
+    m_new = tl.maximum(b_m, tl.max(b_sT, 0))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(b_m - m_use)
+    b_pT = tl.exp2(b_sT - m_use[None, :])
+    b_lT = b_lT * alpha[None, :] + b_pT
+    # Norms scale the probabilities, which go to fp16 (capped at its largest finite value).
+    b_pT = tl.minimum(b_pT * b_vn[:, None], 65504.0).to(tl.float16)
+    b_wT = b_wT * alpha[None, :] + b_pT.to(tl.float32) * w_sign[:, None]
+    if INTERPRET:
+        b_pT = b_pT.to(tl.float32)
+    b_aeT = b_aeT * alpha[None, :] + tl.dot(tl.trans(b_ve), b_pT)
+    b_aoT = b_aoT * alpha[None, :] + tl.dot(tl.trans(b_vo), b_pT)
+    return m_new, b_lT, b_wT, b_aeT, b_aoT
+
+
+@triton.jit
 def _tq4_decode_kernel(
-    qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, tab_ptr, kv_len_ptr, po_ptr, plse_ptr,
+    qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, tab_ptr, kv_len_ptr, po_ptr, plse_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, Lq, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     """Split-K decode, computed transposed: the scores of one cache chunk as K q^T ([BN, BM]) and
-    the output as V^T P^T ([D/2, BM] per half), partials to po/plse for _tq4_combine_kernel.
+    the output as V^T P^T ([D/2, BM] per half), partials to po/plse for _tq4_combine_kernel, their
+    columns in `_code_coords` order.
 
-    Why transposed: with the few query rows of decode as M (BM = 16), sm_90 runs mma.sync, fed from
-    the looked-up shared-memory tiles by ldmatrix plus ~300 register copies per 64-key step. With
-    the 64 keys (scores) and D/2 coordinates (output) as M, Triton issues wgmma reading both
-    operands from shared memory: the same step compiles to ~1140 instructions instead of ~1470.
-    With 8 query rows (BM = 8, the launcher's choice when they fit) the step is back on mma.sync,
-    at 128 registers instead of 174, so twice the programs fit per SM; with the operands read by
-    ldmatrix (see `_dequant_prmt`) the step is ~937 instructions.
+    Why transposed: with the few query rows of decode as M, sm_90 runs mma.sync fed by ~300
+    register copies per step; with the keys (scores) and coordinates (output) as M and 8 query
+    rows as N, the accumulators are small (128 registers with the launcher's cap) and the looked
+    up tiles reach the MMAs by ldmatrix, so 4 programs fit per SM.
+
+    The query is quantized to int8 once per program, per row by its largest coordinate, in the
+    coordinate order of the code tensors; keys are int8 codes (`_codes_asm`), values fp16.
     """
     HALF: tl.constexpr = D // 2
     # The split is the grid's slowest axis: the GPU hands out programs in grid order, so the
@@ -498,14 +666,29 @@ def _tq4_decode_kernel(
     o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G, BLOCK_M, BLOCK_N)
 
     o_h = tl.arange(0, HALF)
-    p_q = qr_ptr + (i_bh * M_total + o_r)[None, :] * D
-    b_qeT = tl.load(p_q + 2 * o_h[:, None], mask=m_r[None, :], other=0.0)  # [D/2, BM] even coords
-    b_qoT = tl.load(p_q + 2 * o_h[:, None] + 1, mask=m_r[None, :], other=0.0)  # odd coords
-    if INTERPRET:  # the interpreter's bf16 dot is wrong; same algorithm in fp32
-        b_qeT, b_qoT = b_qeT.to(tl.float32), b_qoT.to(tl.float32)
-    t0, t1, t2, t3 = _lookup_table(tab_ptr)
+    p_q = qr_ptr + (i_bh * M_total + o_r)[None, :] * D + _code_coords(o_h)[:, None]
+    b_qe = tl.load(p_q, mask=m_r[None, :], other=0.0).to(tl.float32)  # [D/2, BM]
+    b_qo = tl.load(p_q + 4, mask=m_r[None, :], other=0.0).to(tl.float32)
+    q_max = tl.maximum(tl.max(tl.abs(b_qe), 0), tl.max(tl.abs(b_qo), 0))
+    q_inv = tl.where(q_max > 0, 127.0 / q_max, 0.0)
+    b_qe = tl.floor(b_qe * q_inv[None, :] + 0.5)
+    b_qo = tl.floor(b_qo * q_inv[None, :] + 0.5)
+    q_add = 0.5 * (tl.sum(b_qe, 0) + tl.sum(b_qo, 0))
+    if not INTERPRET:
+        b_qe, b_qo = b_qe.to(tl.int8), b_qo.to(tl.int8)
+    t0, t1 = tl.load(tab_ptr), tl.load(tab_ptr + 1)
+    cq = tl.load(tab_ptr + 2).to(tl.float32, bitcast=True)
+    q_mul = q_max / 127.0 / cq
+    u0, u1 = t0 ^ -2139062144, t1 ^ -2139062144  # ^ 0x80808080: the codes in offset binary
+    # Per key row: even rows hold values as 1024 + u, odd rows as -(1024 + ~u) (see _decode_step).
+    odd = (tl.arange(0, BLOCK_N) % 2) == 1
+    v_flip = tl.broadcast_to(tl.where(odd, -1, 0)[:, None], [BLOCK_N, HALF])
+    v_high = tl.where(v_flip != 0, -454761244, 1684300900)  # 0xE4E4E4E4, 0x64646464
+    w_sign = tl.where(odd, -1.0, 1.0)
+
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    b_l = tl.zeros([BLOCK_M], tl.float32)
+    b_lT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    b_wT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
     b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
     p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
@@ -515,48 +698,31 @@ def _tq4_decode_kernel(
     # A bulk prefetch needs 16-byte aligned ranges (a cache view at an odd offset goes without).
     prefetch = ((p_k.to(tl.int64) | p_v.to(tl.int64) | p_kn.to(tl.int64) | p_vn.to(tl.int64)
                  | (stride_ks | BLOCK_N * KN_BYTES | BLOCK_N * VN_BYTES)) & 15) == 0
-    for n0 in range(lo, hi, BLOCK_N):
-        o_n = n0 + tl.arange(0, BLOCK_N)
-        m_n = o_n < hi
-        b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
-        # The next tile's rows (contiguous: one range each for K, V and their norms) start on
-        # their way to L2 while this one is computed, so its loads wait on L2, not on HBM: the
-        # loop's stalls on global loads halve (ncu) and decode at 32K-128K gets 1-5% faster.
-        if not INTERPRET:
-            if prefetch & (n0 + 2 * BLOCK_N <= hi):
-                nxt = n0 + BLOCK_N
-                _prefetch_l2(p_k + nxt * stride_ks, BLOCK_N * stride_ks)
-                _prefetch_l2(p_v + nxt * stride_ks, BLOCK_N * stride_ks)
-                _prefetch_l2(p_kn + nxt, BLOCK_N * KN_BYTES)
-                _prefetch_l2(p_vn + nxt, BLOCK_N * VN_BYTES)
-        b_ke, b_ko = _lookup(b_kb, lut_ptr, t0, t1, t2, t3, INTERPRET)
-        b_sT = (tl.dot(b_ke, b_qeT) + tl.dot(b_ko, b_qoT)) * b_kn[:, None]  # [BN, BM]
-        # V is looked up only now, after K's tiles have been read: the looked-up tiles reach the
-        # MMAs through shared memory, and K's and V's (64 KB at head_dim 256) alive together
-        # allowed 3 programs per SM; one after the other, 37 KB, the registers' 4.
-        b_ve, b_vo = _lookup(b_vb, lut_ptr, t0, t1, t2, t3, INTERPRET)
-        keep = (o_n[:, None] <= pos_r[None, :]) & m_n[:, None]
-        b_sT = tl.where(keep, b_sT, float("-inf"))
-        # Online softmax down the key axis, in base 2 (log2 e is folded into q); a row with
-        # nothing kept yet subtracts 0 instead of -inf.
-        m_new = tl.maximum(b_m, tl.max(b_sT, 0))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(b_m - m_use)
-        b_pT = tl.exp2(b_sT - m_use[None, :])
-        b_l = b_l * alpha + tl.sum(b_pT, 0)
-        b_pT = b_pT * b_vn[:, None]
-        if not INTERPRET:
-            b_pT = b_pT.to(tl.bfloat16)
-        b_aeT = b_aeT * alpha[None, :] + tl.dot(tl.trans(b_ve), b_pT)
-        b_aoT = b_aoT * alpha[None, :] + tl.dot(tl.trans(b_vo), b_pT)
-        b_m = m_new
+    # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all but
+    # the range's last): the unmasked step is ~60 instructions shorter.
+    first = kv_len - Lq + (i_m * BLOCK_M) // G
+    mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
+    for n0 in range(lo, mid, BLOCK_N):
+        b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_step(
+            n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+            w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+            KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET)
+    for n0 in range(mid, hi, BLOCK_N):
+        b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_step(
+            n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+            w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+            KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET)
 
-    inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0)
+    b_l = tl.sum(b_lT, 0)
+    # The values' offsets: sum over keys of +-1151.5 * p |v|; then back from codes to values.
+    b_off = 1151.5 * tl.sum(b_wT, 0)
+    inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0) / cq
     lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
     row = (i_bh * nsplit + i_s) * M_total + o_r
     tl.store(plse_ptr + row, lse, mask=m_r)
-    tl.store(po_ptr + row[None, :] * D + o_h[:, None], b_aeT * inv_l[None, :], mask=m_r[None, :])
-    tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], b_aoT * inv_l[None, :], mask=m_r[None, :])
+    tl.store(po_ptr + row[None, :] * D + o_h[:, None], (b_aeT - b_off[None, :]) * inv_l[None, :], mask=m_r[None, :])
+    tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], (b_aoT - b_off[None, :]) * inv_l[None, :],
+             mask=m_r[None, :])
 
 
 @triton.jit
@@ -590,8 +756,8 @@ def _tq4_combine_kernel(
     NS_MAX, all in flight together; a loop over nsplit made one dependent L2 round trip per step
     (6.8 us at 132 splits on H100). Every split stores its partial (one that holds no keys: -inf
     and zeros), so the log-sum-exps need not wait for kv_len; it only says which groups of 64
-    splits to skip. The partials keep the attention loop's [even | odd] column order, so R's rows
-    are read in that order too.
+    splits to skip. The partials keep the attention loop's column order (`_code_coords`), so
+    R's rows are read in that order too.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -615,8 +781,9 @@ def _tq4_combine_kernel(
         if g0 < used:
             b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
-    # Rotate back: column j of the partials is coordinate 2j (j < D/2) or 2(j - D/2) + 1.
-    r_row = tl.where(o_d < HALF, 2 * o_d, 2 * (o_d - HALF) + 1)
+    # Rotate back: column j of the partials is coordinate _code_coords(j) (j < D/2), or that of
+    # j - D/2 plus 4.
+    r_row = _code_coords(o_d % HALF) + tl.where(o_d < HALF, 0, 4)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
     b_out = tl.sum(o_rot[:, None] * b_r, 0)
@@ -743,9 +910,11 @@ def _config(M_total, S, B, H_kv, D, device):
         # of 64 launch configs per case on H100 for both qwen3.5-moe (2 x 256) and llama (8 x 128)
         # heads at 4K-128K (scripts/bench_attention.py --sweep --only decode; results/attention.md).
         # The query rows are the MMA's N: 8 when they fit (decode with GQA up to 8) rather than 16
-        # halves the accumulators, 128 registers instead of 174-190 (scripts/kernel_resources.py):
-        # 1-6% faster in every decode case on H200, although Triton then takes mma.sync for wgmma.
-        # Registers and shared memory fit 4 programs per SM. The loop is issue-bound, and more
+        # halves the accumulators (scripts/kernel_resources.py): 1-6% faster in every decode case
+        # on H200, although Triton then takes mma.sync for wgmma. With two loops (unmasked and
+        # masked tiles) ptxas takes ~160 registers; capped at 128 it spills nothing, and registers
+        # and shared memory fit 4 programs per SM (3 uncapped: 7-25% slower at 32K-128K, H200).
+        # The loop is issue-bound, and more
         # resident warps hide more of its latencies, but every range also costs a fixed prologue,
         # epilogue and merge: 4 programs per SM where each range still gets at least 4 tiles
         # (llama 32K and both at 128K: 4-8% faster on H200), else 2 (qwen3.5-moe 32K, where a
@@ -757,7 +926,7 @@ def _config(M_total, S, B, H_kv, D, device):
         max_splits = triton.cdiv(per_sm * sms, B * H_kv)  # independent of kv_len: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
-                    stages=1, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
+                    stages=1, maxnreg=128, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
     # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
     # not fit in shared memory), 3 below.
     bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
@@ -831,19 +1000,18 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
 
     # Decode: rotate the queries, split the keys over programs, merge the partials and rotate back.
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
-    lut = torch.empty((16,), dtype=torch.bfloat16, device=dev)
-    tab = torch.empty((4,), dtype=torch.int32, device=dev)
+    tab = torch.empty((4,), dtype=torch.int32, device=dev)  # _code_tables: two words of codes, cq
     rm, rc, rp, rw = cfg["rotate"]
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc + 1)](
-        q, rot, q_rot, centroids, lut, tab, *q_strides, M_total, H_kv, scale * LOG2E,
+        q, rot, q_rot, centroids, tab, *q_strides, M_total, H_kv, scale * LOG2E,
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
     po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
     wrap_triton(_tq4_decode_kernel)[(q_tiles, B * H_kv, nsplit)](
-        q_rot, k_packed, k_norms, v_packed, v_norms, lut, tab, kv_len, po, plse,
+        q_rot, k_packed, k_norms, v_packed, v_norms, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
-        num_warps=cfg["warps"], num_stages=cfg["stages"],
+        num_warps=cfg["warps"], num_stages=cfg["stages"], maxnreg=cfg.get("maxnreg"),
     )
     cs, cc, cw, cst = cfg["combine"]
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](

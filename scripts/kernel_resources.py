@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -30,9 +31,11 @@ from bench_attention import SHAPES  # scripts/ is on sys.path: the benchmark's h
 REGISTERS_PER_SM, MAX_THREADS_PER_SM = 65536, 2048
 # sm_90: 228 KB of shared memory per SM, of which each resident program also reserves 1 KB.
 SHARED_PER_SM, SHARED_RESERVED = 228 * 1024, 1024
+# The launcher's register cap for decode (the same for every decode shape).
+LAUNCH_MAXNREG = mod._config(8, 131072, 1, 1, 128, torch.device("cpu"))["maxnreg"]
 INT_ARGS = ("stride_kb", "stride_kh", "stride_ks", "stride_nb", "stride_nh", "Lq", "M_total", "H_kv", "nsplit")
 POINTERS = {"qr_ptr": "*bf16", "kp_ptr": "*u8", "kn_ptr": "*bf16", "vp_ptr": "*u8", "vn_ptr": "*bf16",
-            "lut_ptr": "*bf16", "tab_ptr": "*i32", "kv_len_ptr": "*i64", "po_ptr": "*fp32", "plse_ptr": "*fp32"}
+            "tab_ptr": "*i32", "kv_len_ptr": "*i64", "po_ptr": "*fp32", "plse_ptr": "*fp32"}
 
 
 def compile_decode(G, D, block_m, block_n, warps, stages, maxnreg=None):
@@ -55,16 +58,26 @@ def cuobjdump(cubin: bytes, flag: str) -> str:
         return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
 
 
-def largest_loop(sass: str) -> list[str]:
-    """The instructions of the longest backward branch's body: the kernel's key loop."""
+def loops(sass: str) -> list[list[str]]:
+    """The instructions of each backward branch's body, in address order."""
     ins = [(int(a, 16), op) for a, op in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    best: list[str] = []
+    bodies = []
     for addr, op in ins:
         target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", op)
         if target and int(target.group(1), 16) < addr:
-            body = [o for a, o in ins if int(target.group(1), 16) <= a <= addr]
-            best = max(best, body, key=len)
-    return best
+            bodies.append((int(target.group(1), 16), [o for a, o in ins if int(target.group(1), 16) <= a <= addr]))
+    return [body for _, body in sorted(bodies, key=lambda b: b[0])]
+
+
+def largest_loop(sass: str) -> list[str]:
+    """The instructions of the longest backward branch's body."""
+    return max(loops(sass), key=len, default=[])
+
+
+def key_loops(sass: str) -> list[list[str]]:
+    """The decode kernel's key loops, in address order: the unmasked tiles' (the hot one), then
+    the masked last tiles'. Inner loops of a few instructions are left out."""
+    return [body for body in loops(sass) if len(body) > 100]
 
 
 def opcode(instruction: str) -> str:
@@ -74,7 +87,8 @@ def opcode(instruction: str) -> str:
 
 def report(name, G, D, args) -> str:
     block_n = args.block_n or (64 if D >= 256 else 128)
-    ck = compile_decode(G, D, args.block_m, block_n, args.warps, args.stages, args.maxnreg)
+    maxnreg = args.maxnreg if args.maxnreg is not None else LAUNCH_MAXNREG
+    ck = compile_decode(G, D, args.block_m, block_n, args.warps, args.stages, maxnreg or None)
     usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(ck.asm["cubin"], "--dump-resource-usage"))
     regs, stack = int(usage.group(1)), int(usage.group(2))
     threads = 32 * args.warps
@@ -82,13 +96,14 @@ def report(name, G, D, args) -> str:
     shared = ck.metadata.shared
     per_sm = min(REGISTERS_PER_SM // (threads * (-(-regs // 8) * 8)), MAX_THREADS_PER_SM // threads,
                  SHARED_PER_SM // (shared + SHARED_RESERVED))
-    loop = largest_loop(cuobjdump(ck.asm["cubin"], "--dump-sass"))
+    loop, *tail = key_loops(cuobjdump(ck.asm["cubin"], "--dump-sass"))
     counts = collections.Counter(opcode(i) for i in loop)
     mix = counts.most_common(8)
     # How the MMA operands leave shared memory: ldmatrix (LDSM) hands each thread its fragment;
     # plain loads (LDS) of a layout that does not match need register moves to reassemble it.
     return (f"{name:12s} BLOCK_M {args.block_m:2d} BLOCK_N {block_n:3d} warps {args.warps}: {regs} registers, "
             f"{stack} B stack, {shared // 1024} KB shared, {per_sm} programs/SM; loop {len(loop)} instructions "
+            f"(masked tail {len(tail[0]) if tail else 0}) "
             f"({', '.join(f'{k} {v}' for k, v in mix)}); shared loads: {counts['LDSM']} ldmatrix, {counts['LDS']} plain")
 
 
@@ -98,7 +113,8 @@ def main():
     ap.add_argument("--block-n", type=int, help="keys per step (default: the launcher's, by head_dim)")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--stages", type=int, default=1)
-    ap.add_argument("--maxnreg", type=int, help="cap registers per thread (spills show as stack)")
+    ap.add_argument("--maxnreg", type=int, help="cap registers per thread (spills show as stack); default the "
+                    f"launcher's ({LAUNCH_MAXNREG}), 0 for none")
     args = ap.parse_args()
     for name, (h_q, h_kv, D) in SHAPES.items():
         G = h_q // h_kv

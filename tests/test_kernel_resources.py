@@ -57,4 +57,4 @@ def test_compiles_the_decode_kernel_for_sm90_and_finds_the_lookup_loop():
         # are only the softmax reductions' few. (With the lookup asm declared pure, Triton lays
         # the operands out for 8-bit data: 48 LDS.64 and ~180 register moves per step.)
         ldsm, lds = map(int, re.search(r"shared loads: (\d+) ldmatrix, (\d+) plain", line).groups())
-        assert ldsm >= 32 and lds <= 8, line
+        assert ldsm >= 24 and lds <= 8, line

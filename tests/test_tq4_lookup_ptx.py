@@ -1,13 +1,14 @@
-"""The decode kernel's codebook lookup is inline PTX, which the Triton interpreter does not run.
-Here a small emulator of the few PTX instructions it uses executes it on every pair of bytes and
-checks it against the codebook, so a change to the asm is checked on the CPU too."""
+"""The kernels' codebook lookups are inline PTX, which the Triton interpreter does not run. Here
+a small emulator of the few PTX instructions they use executes them on every pair of bytes and
+checks them against the codebook, and the decode lookup against the interpreter's emulation of
+it, so a change to the asm is checked on the CPU too."""
 
 import torch
 import triton
 import triton.language as tl
 
 from tq_export.turboquant import codebook, codebook_in_label_order
-from tq_kernels.tq4_sdpa import _codebook_tables, _prmt_asm
+from tq_kernels.tq4_sdpa import _code_tables, _codebook_tables, _codes_asm, _codes_emulated, _prmt_asm
 
 MASK32 = 0xFFFFFFFF
 
@@ -41,7 +42,8 @@ def lop3(a, b, c, lut):
 
 def run_ptx(asm: str, regs: dict) -> dict:
     """Execute the one-line asm block on int64 tensors holding 32-bit values."""
-    value = lambda t: regs[t] if t in regs else torch.full_like(regs["$4"], int(t, 0))
+    like = next(iter(regs.values()))
+    value = lambda t: regs[t] if t in regs else torch.full_like(like, int(t, 0))
     for ins in (i.strip() for i in asm.strip().strip("{}").split(";")):
         if not ins or ins.startswith(".reg"):
             continue
@@ -57,6 +59,8 @@ def run_ptx(asm: str, regs: dict) -> dict:
             regs[a[0]] = (value(a[1]) * value(a[2])) & MASK32
         elif op == "and.b32":
             regs[a[0]] = value(a[1]) & value(a[2])
+        elif op == "xor.b32":
+            regs[a[0]] = value(a[1]) ^ value(a[2])
         elif op == "prmt.b32":
             regs[a[0]] = prmt(value(a[1]), value(a[2]), value(a[3]))
         elif op == "lop3.b32":
@@ -113,3 +117,101 @@ def test_prmt_lookup_matches_the_codebook_on_every_byte_pair():
         for k in range(4):
             assert torch.equal(even[k], cb[b[k] >> 4]), f"D={d}: byte {k}, high nibble"
             assert torch.equal(odd[k], cb[b[k] & 15]), f"D={d}: byte {k}, low nibble"
+
+
+@triton.jit
+def _code_tables_kernel(cent_ptr, out_ptr):
+    t0, t1, cq = _code_tables(cent_ptr)
+    tl.store(out_ptr, t0)
+    tl.store(out_ptr + 1, t1)
+    tl.store(out_ptr + 2, cq.to(tl.int32, bitcast=True))
+
+
+def code_tables(centroids: torch.Tensor) -> tuple[int, int, float]:
+    """The decode lookup's two code words and cq, as the kernels build them."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = torch.zeros(3, dtype=torch.int32, device=dev)
+    _code_tables_kernel[(1,)](centroids.to(dev), out)
+    out = out.cpu()
+    return int(out[0]) & MASK32, int(out[1]) & MASK32, float(out[2:].view(torch.float32))
+
+
+def every_byte_pair():
+    """Words whose bytes 0-1 take every pair of values, and bytes 2-3 too, in another order."""
+    n = torch.arange(65536, dtype=torch.int64)
+    b = [n & 0xFF, n >> 8, (n * 7919 >> 3) & 0xFF, (n * 7919 >> 11) & 0xFF]
+    return b, b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24
+
+
+def signed_bytes(r):
+    return [((r >> (8 * k)) & 0xFF) - 256 * (((r >> (8 * k)) & 0x80) != 0) for k in range(4)]
+
+
+def test_code_tables_round_the_codebook_and_turn_cq_nan_for_an_asymmetric_one():
+    for d in (64, 128, 256):
+        c = codebook_in_label_order(codebook(d, 4)[0])
+        t0, t1, cq = code_tables(c)
+        assert abs(cq - 127.5 / c.abs().max().item()) < 1e-3 * cq
+        codes = torch.tensor(signed_bytes(torch.tensor(t0)) + signed_bytes(torch.tensor(t1)))
+        # Code t stands for (t + 0.5) / cq: within half a step of the entry, the largest at 127.
+        assert ((codes + 0.5) / cq - c[:8]).abs().max() <= 0.5 / cq + 1e-6
+        assert codes.abs().max() == 127
+    skewed = c.clone()
+    skewed[3] *= 1.01
+    assert code_tables(skewed)[2] != code_tables(skewed)[2]  # NaN
+
+
+def test_code_lookups_match_the_codebook_on_every_byte_pair():
+    """_dequant_k's int8 codes and _dequant_v's fp16 values, in the nibble order lo, hi of each
+    byte: register 1 holds bytes 0-1, register 2 bytes 2-3."""
+    for d in (64, 128, 256):
+        c = codebook_in_label_order(codebook(d, 4)[0])
+        t0, t1, cq = code_tables(c)
+        code = torch.tensor(signed_bytes(torch.tensor(t0)) + signed_bytes(torch.tensor(t1)))
+        code = torch.cat([code, -code - 1])  # entry j + 8 is ~t_j
+        b, word = every_byte_pair()
+        nibbles = [[b[k] & 15, b[k] >> 4] for k in range(4)]
+        expect = [code[n] for k in range(4) for n in nibbles[k]]  # lo, hi of byte 0, 1, 2, 3
+        regs = run_ptx(_codes_asm(False), {"$2": word, "$3": torch.full_like(word, t0), "$7": torch.full_like(word, t1)})
+        got = signed_bytes(regs["$0"]) + signed_bytes(regs["$1"])
+        for k in range(8):
+            assert torch.equal(got[k], expect[k]), f"D={d}: K code {k}"
+        for flip, high in ((0, 0x64646464), (MASK32, 0xE4E4E4E4)):
+            regs = {"$4": word, "$5": torch.full_like(word, t0 ^ 0x80808080),
+                    "$9": torch.full_like(word, t1 ^ 0x80808080), "$13": torch.full_like(word, flip),
+                    "$17": torch.full_like(word, high)}
+            regs = run_ptx(_codes_asm(True), regs)
+            # fp16 pairs: $0 codes 0-1, $1 codes 2-3 (bytes 0-1); $2, $3 bytes 2-3.
+            for k, h in enumerate(h for r in ("$0", "$1", "$2", "$3") for h in halves(regs[r])):
+                got = h.to(torch.int32).to(torch.int16).view(torch.float16).float()
+                u = expect[k] + 128  # the offset-binary code
+                want = 1024 + u if flip == 0 else u - 1279  # -(1024 + ~u)
+                assert torch.equal(got, want.float()), f"D={d}: V value {k}, flip {flip:#x}"
+
+
+@triton.jit
+def _codes_emulated_kernel(b_ptr, e_ptr, o_ptr, t0, t1, BLOCK_N: tl.constexpr, HALF: tl.constexpr):
+    o = tl.arange(0, BLOCK_N)[:, None] * HALF + tl.arange(0, HALF)[None, :]
+    c_e, c_o = _codes_emulated(tl.load(b_ptr + o), t0, t1, BLOCK_N, HALF)
+    tl.store(e_ptr + o, c_e)
+    tl.store(o_ptr + o, c_o)
+
+
+def test_the_interpreters_lookup_puts_codes_where_the_asm_does(monkeypatch):
+    """Under TRITON_INTERPRET=1 the decode kernel runs _codes_emulated instead of the asm; both
+    must put each nibble's code at the same column, or the interpreter tests would pass a
+    kernel whose GPU lookup mismatches the query's coordinate order."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    c = codebook_in_label_order(codebook(128, 4)[0])
+    t0, t1, _ = code_tables(c)
+    bn, half = 4, 64
+    b = torch.randint(0, 256, (bn, half), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    e, o = torch.zeros(bn, half, dtype=torch.int32), torch.zeros(bn, half, dtype=torch.int32)
+    to_i32 = lambda w: w - (1 << 32) if w >= 1 << 31 else w  # noqa: E731
+    _codes_emulated_kernel[(1,)](b, e, o, to_i32(t0), to_i32(t1), BLOCK_N=bn, HALF=half)
+    # The asm with pack=4: each thread's 4 consecutive bytes of a row make one word.
+    words = b.view(torch.int32).to(torch.int64) & MASK32  # [bn, half / 4], little-endian
+    regs = run_ptx(_codes_asm(False), {"$2": words, "$3": torch.full_like(words, t0), "$7": torch.full_like(words, t1)})
+    asm_e = torch.stack(signed_bytes(regs["$0"]), -1).reshape(bn, half)
+    asm_o = torch.stack(signed_bytes(regs["$1"]), -1).reshape(bn, half)
+    assert torch.equal(e.long(), asm_e) and torch.equal(o.long(), asm_o)

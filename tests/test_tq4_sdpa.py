@@ -318,7 +318,9 @@ def test_bad_inputs_raise(mutate, match):
 @pytest.mark.parametrize("B,H_q,H_kv,Lq,S,kv_len,D", CASES + [(1, 16, 2, 1, 40000, 39000, 256),
                                                              (1, 16, 2, 300, 1000, 1000, 256),
                                                              (1, 16, 2, 64, 40000, 39000, 256),  # 2 chunks
-                                                             (1, 32, 8, 300, 40000, 30000, 128)])  # 3
+                                                             (1, 32, 8, 300, 40000, 30000, 128),  # 3
+                                                             # long key ranges: the values' offsets
+                                                             (1, 32, 8, 1, 131072, 131072, 128)])
 def test_gpu_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
     args = make_args(B, H_q, H_kv, Lq, S, kv_len, D, device="cuda")
     out = torch.ops.tq.tq4_sdpa(*args)
@@ -329,6 +331,8 @@ def test_gpu_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
 def test_prmt_asm_is_one_line():
     # Inductor copies the PTX constant into generated Python source; a newline in it broke the
     # AOTInductor compile of every exported TurboQuant program.
-    from tq_kernels.tq4_sdpa import _PRMT_ASM
+    from tq_kernels.tq4_sdpa import _K_CODES_ASM, _PRMT_ASM, _V_CODES_ASM
 
     assert "\n" not in _PRMT_ASM.value and _PRMT_ASM.value.count("prmt.b32") == 10
+    assert "\n" not in _K_CODES_ASM.value and _K_CODES_ASM.value.count("prmt.b32") == 4
+    assert "\n" not in _V_CODES_ASM.value and _V_CODES_ASM.value.count("prmt.b32") == 8
