@@ -571,8 +571,9 @@ def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, 
                  KN_BYTES: tl.constexpr, VN_BYTES: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
                  MASK: tl.constexpr, INTERPRET: tl.constexpr):
     """One BLOCK_N step of the decode loop over keys [n0, n0 + BLOCK_N): returns the updated row
-    max, and the [BN, BM] sums of probabilities and of probabilities x value norm, and the
-    accumulators. MASK: apply the end-of-range and causal masks (the loop's last tiles only)."""
+    max, the [BN, BM] per-element sums of probabilities and of +-p |v| (w_sign: the values'
+    offsets, below), and the accumulators. MASK: apply the end-of-range and causal masks (the
+    loop's last tiles only)."""
     o_n = n0 + tl.arange(0, BLOCK_N)
     m_n = o_n < hi
     if MASK:
@@ -913,7 +914,7 @@ def _config(M_total, S, B, H_kv, D, device):
         # halves the accumulators (scripts/kernel_resources.py): 1-6% faster in every decode case
         # on H200, although Triton then takes mma.sync for wgmma. With two loops (unmasked and
         # masked tiles) ptxas takes ~160 registers; capped at 128 it spills nothing, and registers
-        # and shared memory fit 4 programs per SM (3 uncapped: 7-25% slower at 32K-128K, H200).
+        # and shared memory fit 4 programs per SM (3 uncapped: up to 26% slower at 32K-128K, H200).
         # The loop is issue-bound, and more
         # resident warps hide more of its latencies, but every range also costs a fixed prologue,
         # epilogue and merge: 4 programs per SM where each range still gets at least 4 tiles
