@@ -671,7 +671,7 @@ def _tq4_decode_kernel(
     b_qe = tl.load(p_q, mask=m_r[None, :], other=0.0).to(tl.float32)  # [D/2, BM]
     b_qo = tl.load(p_q + 4, mask=m_r[None, :], other=0.0).to(tl.float32)
     q_max = tl.maximum(tl.max(tl.abs(b_qe), 0), tl.max(tl.abs(b_qo), 0))
-    q_inv = tl.where(q_max > 0, 127.0 / q_max, 0.0)
+    q_inv = tl.where(q_max > 0, 127.0 / tl.maximum(q_max, 1e-30), 0.0)  # rows of zeros (masked) stay 0
     b_qe = tl.floor(b_qe * q_inv[None, :] + 0.5)
     b_qo = tl.floor(b_qo * q_inv[None, :] + 0.5)
     q_add = 0.5 * (tl.sum(b_qe, 0) + tl.sum(b_qo, 0))
