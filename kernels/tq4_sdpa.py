@@ -180,7 +180,8 @@ def _dequant_prmt(b, t0, t1, t2, t3):
     hop (4 values per thread along K). The lookup happens before it, and with that layout the
     operands are read with 64-bit loads and reassembled by ~180 register moves per decode step;
     impure, the walk stops here and the operands are read by ldmatrix (loop 1125 -> 937
-    instructions, decode 4-11% faster on H200, results/attention.md).
+    instructions, decode 4-11% faster on H200, results/attention.md, when decode still used this
+    lookup; the int8 code lookups below are impure for the same reason).
     """
     return tl.inline_asm_elementwise(
         asm=_PRMT_ASM, constraints="=r,=r,=r,=r,r" + ",r" * 16,
@@ -294,7 +295,7 @@ def _code_tables(cent_ptr):
     than silently wrong (the GPU cannot raise without a host sync; the CPU paths raise)."""
     o = tl.arange(0, 16)
     c = tl.load(cent_ptr + o)
-    symmetric = tl.max(tl.where(_bf16_bits(c) == (_bf16_bits(tl.load(cent_ptr + (o ^ 8))) ^ 0x8000), 0, 1), 0) == 0
+    symmetric = _symmetric(cent_ptr)
     cq = 127.5 / tl.max(tl.abs(c), 0)
     t = tl.minimum(tl.floor(c * cq), 127.0).to(tl.int32) & 0xFF
     shift, w = (o % 4) * 8, o // 4
@@ -339,6 +340,15 @@ def _bf16_bits(x):
 
 
 @triton.jit
+def _symmetric(cent_ptr):
+    """Whether entries j + 8 of the 16 centroids are the negated entries j, in bf16: sign-magnitude
+    labels of a symmetric codebook, the only kind the GPU lookups serve."""
+    o = tl.arange(0, 16)
+    bits = _bf16_bits(tl.load(cent_ptr + o))
+    return tl.max(tl.where(bits == (_bf16_bits(tl.load(cent_ptr + (o ^ 8))) ^ 0x8000), 0, 1), 0) == 0
+
+
+@triton.jit
 def _codebook_tables(cent_ptr):
     """The four 32-bit words of the codebook's bf16 byte tables that _dequant_prmt selects from:
     t0, t1 the low bytes of c[0..3], c[4..7] (byte j of a word = entry 4w + j), t2, t3 their
@@ -348,8 +358,7 @@ def _codebook_tables(cent_ptr):
     host sync; the CPU paths raise)."""
     o = tl.arange(0, 16)
     bits = _bf16_bits(tl.load(cent_ptr + o))
-    mirror = _bf16_bits(tl.load(cent_ptr + (o ^ 8)))
-    symmetric = tl.max(tl.where(bits == (mirror ^ 0x8000), 0, 1), 0) == 0
+    symmetric = _symmetric(cent_ptr)
     magnitude, shift, w = o < 8, (o % 4) * 8, (o // 4) % 2
     lo, hi = (bits & 0xFF) << shift, (bits >> 8) << shift
     t0 = tl.sum(tl.where(magnitude & (w == 0), lo, 0), 0)
