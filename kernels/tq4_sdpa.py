@@ -42,6 +42,7 @@ pure-torch fp32 reference -> triton_op registration.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -951,6 +952,16 @@ def _config(M_total, S, B, H_kv, D, device):
         CONFIG_OVERRIDE or {})
 
 
+@functools.cache
+def _decode_launch(warps, stages, maxnreg):
+    """The decode kernel with its launch options as a one-config autotuner (one config runs
+    without benchmarking). A plain launch's maxnreg does not survive torch.export: the config's
+    does, where tq_export's compile settings keep it (`register_caps`), so the exported program
+    runs the kernel with the registers measured here."""
+    config = triton.Config({}, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
+    return triton.autotune(configs=[config], key=[])(_tq4_decode_kernel)
+
+
 def _partials(rows, D, dev):
     """Split-K partial outputs [rows, D] and their log-sum-exps [rows], fp32."""
     return (torch.empty((rows, D), dtype=torch.float32, device=dev),
@@ -1017,11 +1028,10 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
     )
     po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
-    wrap_triton(_tq4_decode_kernel)[(q_tiles, B * H_kv, nsplit)](
+    wrap_triton(_decode_launch(cfg["warps"], cfg["stages"], cfg.get("maxnreg")))[(q_tiles, B * H_kv, nsplit)](
         q_rot, k_packed, k_norms, v_packed, v_norms, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
-        num_warps=cfg["warps"], num_stages=cfg["stages"], maxnreg=cfg.get("maxnreg"),
     )
     cs, cc, cw, cst = cfg["combine"]
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](

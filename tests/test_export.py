@@ -333,6 +333,43 @@ def test_compile_settings_ask_for_single_arch_kernels_and_restore(monkeypatch):
     assert inductor_config.test_configs.max_mm_configs is None
 
 
+def test_register_caps_carry_the_decode_kernels_maxnreg_into_inductor_and_restore():
+    """The decode kernel's register cap rides in its launch config; inside register_caps, the
+    installed torch's Inductor writes it into the generated kernel's configs, reads it back, and
+    passes it to triton.compile. Outside, torch's own functions are back (and drop it)."""
+    from types import SimpleNamespace
+
+    from torch._inductor.runtime import triton_heuristics as th
+
+    from tq_kernels import tq4_sdpa as k
+
+    cfg = k._config(8, 131072, 1, 2, 256, torch.device("cpu"))
+    (config,) = k._decode_launch(cfg["warps"], cfg["stages"], cfg["maxnreg"]).configs
+    assert config.maxnreg == 128
+    cuda_tuner = SimpleNamespace(device_props=SimpleNamespace(type="cuda"))
+    meta = {"num_warps": config.num_warps, "num_stages": config.num_stages, "debug": False}
+    before = th.config_to_dict, th.CachingAutotuner._create_compile_options
+    with ex.register_caps():
+        written = th.config_to_dict(config)  # into the generated source
+        read = th.config_from_dict(written)  # back, where the kernel compiles
+        assert read.maxnreg == 128 and read.num_warps == config.num_warps
+        assert th.CachingAutotuner._create_compile_options(cuda_tuner, read, meta)["maxnreg"] == 128
+    assert (th.config_to_dict, th.CachingAutotuner._create_compile_options) == before
+    assert "maxnreg" not in th.config_to_dict(config)
+
+
+def test_compile_settings_compile_triton_in_process_and_restore(monkeypatch):
+    """register_caps patches this process's Inductor: its compile workers would not see it."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(ex, "cuda_backend", lambda: (None, type("Backend", (), {
+        "get_aoti_compile_options": classmethod(lambda cls, specs: {})})))
+    before = inductor_config.compile_threads
+    with ex._compile_settings():
+        assert inductor_config.compile_threads == 1
+    assert inductor_config.compile_threads == before
+
+
 # --------------------------------------------------------------------------------------------
 # Lowering the methods in two processes
 # --------------------------------------------------------------------------------------------

@@ -508,12 +508,57 @@ def _compile_settings(gemm_configs: int | None = DEFAULT_GEMM_CONFIGS):
     put(inductor_config, "coordinate_descent_tuning", False)
     put(inductor_config.aot_inductor, "compile_wrapper_opt_level", "O0")
     put(inductor_config.test_configs, "max_mm_configs", gemm_configs)
-    with _single_arch_kernels():
+    # Triton compiles in this process, where register_caps applies (its worker processes
+    # would compile the decode kernel without its register cap).
+    put(inductor_config, "compile_threads", 1)
+    with _single_arch_kernels(), register_caps():
         try:
             yield
         finally:
             for (obj, attr), value in saved.items():
                 setattr(obj, attr, value)
+
+
+@contextmanager
+def register_caps():
+    """Keep a Triton kernel's register cap (its autotune config's `maxnreg`) in the compiled program.
+
+    tq4_sdpa's decode kernel caps its registers at 128 so that 4 programs fit per SM; uncapped,
+    ptxas takes ~160 and 3 fit, up to 25% slower at 32K-128K (results/attention.md). Inductor
+    (torch 2.11-2.13) carries a user kernel's num_warps and num_stages from its config into
+    triton.compile but drops maxnreg twice: `config_to_dict` leaves it out of the configs written
+    into the generated kernel source, and `_create_compile_options` out of the compile options.
+    This puts it back in both places, for the duration of the export. A torch without either
+    function compiles the kernel uncapped (slower, same results).
+    """
+    from torch._inductor.runtime import triton_heuristics as th
+
+    to_dict = getattr(th, "config_to_dict", None)
+    autotuner = getattr(th, "CachingAutotuner", None)
+    options = getattr(autotuner, "_create_compile_options", None)
+    if to_dict is None or options is None:
+        yield
+        return
+
+    def config_to_dict(config):
+        out = to_dict(config)
+        if getattr(config, "maxnreg", None):
+            out["maxnreg"] = config.maxnreg
+        return out
+
+    def create_compile_options(self, cfg, compile_meta):
+        out = options(self, cfg, compile_meta)
+        if getattr(cfg, "maxnreg", None):
+            out["maxnreg"] = cfg.maxnreg
+        return out
+
+    th.config_to_dict = config_to_dict
+    autotuner._create_compile_options = create_compile_options
+    try:
+        yield
+    finally:
+        th.config_to_dict = to_dict
+        autotuner._create_compile_options = options
 
 
 @contextmanager
