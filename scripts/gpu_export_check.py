@@ -61,13 +61,6 @@ def _bootstrap_path() -> str:
     except ImportError:
         sys.path.insert(0, str(ROOT))
         extra.append(str(ROOT))
-    try:
-        import tq_kernels  # noqa: F401
-    except ImportError:
-        alias = Path(tempfile.mkdtemp(prefix="tq-path-"))
-        (alias / "tq_kernels").symlink_to(ROOT / "kernels")
-        sys.path.insert(0, str(alias))
-        extra.append(str(alias))
     return os.pathsep.join(extra + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 

@@ -1,8 +1,9 @@
-"""The kernels/ folder must not register ops when imported under the name `kernels`.
+"""The name `kernels` stays Hugging Face's, even from the repository root.
 
-From the repository root, `kernels` is importable by its folder name and transformers imports a
-package of that name while probing for Hugging Face's `kernels`; registering the ops twice left
-dangling operator handles that crashed later op calls at random.
+transformers (5.25 on) requires Hugging Face's `kernels` package and imports it with its activations.
+A folder named `kernels` at the repository root (where `python -m` puts the working directory on
+sys.path, ahead of site-packages) would shadow it, and `import transformers.activations` would
+fail there; the kernels' folder is named `tq_kernels`, its import name.
 """
 
 import subprocess
@@ -12,15 +13,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_importing_the_folder_as_kernels_registers_nothing():
+def test_transformers_imports_its_kernels_package_from_the_repository_root():
     code = (
-        "import importlib, torch, tq_kernels\n"
-        "before = torch.ops.tq.tq4_sdpa.default._schema\n"
-        "importlib.import_module('kernels')\n"
-        "from transformers.utils.import_utils import is_kernels_available\n"
-        "assert not is_kernels_available()\n"
-        "print(torch.ops.tq.tq4_sdpa.default._schema == before)\n"
+        "import importlib.util\n"
+        "spec = importlib.util.find_spec('kernels')\n"
+        "print(spec.origin if spec else None)\n"
+        "import transformers.activations, tq_kernels, torch\n"
+        "print(hasattr(torch.ops.tq, 'tq4_sdpa'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("True")
+    origin, registered = out.stdout.strip().splitlines()[-2:]
+    assert origin == "None" or ROOT not in Path(origin).resolve().parents, origin
+    assert registered == "True"

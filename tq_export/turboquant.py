@@ -15,7 +15,7 @@ Indices are sign-magnitude labels, not ranks: with n = 2**bits levels, label j <
 (j+1)-th smallest positive centroid and label j + n/2 its negative, so the quantizer's centroids
 are stored in that order (`codebook_in_label_order`). The codebook is the same Lloyd-Max one; only
 the numbering differs, and it saves the GPU lookup work: the low bits of a label index a table
-of the n/2 magnitudes, its top bit is the sign (`kernels/tq4_sdpa.py`, `_dequant_prmt`).
+of the n/2 magnitudes, its top bit is the sign (`tq_kernels/tq4_sdpa.py`, `_dequant_prmt`).
 
 Packing layouts (`packed` is uint8 [..., packed_dim(d, bits)]):
     4 bits: element 2i in the high nibble, 2i+1 in the low nibble of byte i (d/2 bytes).
