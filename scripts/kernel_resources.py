@@ -2,12 +2,13 @@
 decides its speed: registers per thread, spill stack, shared memory, programs that fit on one SM
 (by registers, threads and shared memory), and the instruction mix of its key loop in the SASS.
 
-    python scripts/kernel_resources.py [--block-m 8] [--block-n 64] [--warps 4] [--maxnreg N]
+    python scripts/kernel_resources.py [--block-m 8] [--block-n 64] [--warps 4] [--maxnreg N] [--plain]
 
 Decode is issue-bound (results/attention.md): a change that costs registers can cost a resident
 program per SM, and one that saves instructions in the loop shows up directly. This compiles the
 kernel as the launcher specializes it for the benchmark shapes (16-byte aligned pointers and
-strides, L_q = 1), with Triton's own ptxas and cuobjdump, in a few seconds per shape.
+strides, L_q = 1, launched with PDL; --plain: without, as an exported program runs it), with
+Triton's own ptxas and cuobjdump, in a few seconds per shape.
 """
 
 from __future__ import annotations
@@ -38,15 +39,17 @@ POINTERS = {"qr_ptr": "*bf16", "kp_ptr": "*u8", "kn_ptr": "*bf16", "vp_ptr": "*u
             "tab_ptr": "*i32", "kv_len_ptr": "*i64", "po_ptr": "*fp32", "plse_ptr": "*fp32"}
 
 
-def compile_decode(G, D, block_m, block_n, warps, stages, maxnreg=None):
-    """The decode kernel's CompiledKernel for sm_90, specialized as a decode launch would be."""
+def compile_decode(G, D, block_m, block_n, warps, stages, maxnreg=None, pdl=True):
+    """The decode kernel's CompiledKernel for sm_90, specialized as a decode launch would be
+    (pdl: with programmatic dependent launch, as the op launches it on the GPU)."""
     kernel = mod._tq4_decode_kernel
-    consts = dict(G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, INTERPRET=False, Lq=1)  # ints equal to 1 are constants
+    # ints equal to 1 are constants
+    consts = dict(G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, INTERPRET=False, Lq=1, PDL=pdl)
     signature = {name: ("constexpr" if name in consts else POINTERS.get(name, "i32")) for name in kernel.arg_names}
     aligned = [*POINTERS, "stride_kb", "stride_kh", "stride_ks", "stride_nb", "stride_nh"]
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     src = ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=attrs)
-    options = dict(num_warps=warps, num_stages=stages) | ({"maxnreg": maxnreg} if maxnreg else {})
+    options = dict(num_warps=warps, num_stages=stages, launch_pdl=pdl) | ({"maxnreg": maxnreg} if maxnreg else {})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
@@ -88,7 +91,7 @@ def opcode(instruction: str) -> str:
 def report(name, G, D, args) -> str:
     block_n = args.block_n or (64 if D >= 256 else 128)
     maxnreg = args.maxnreg if args.maxnreg is not None else LAUNCH_MAXNREG
-    ck = compile_decode(G, D, args.block_m, block_n, args.warps, args.stages, maxnreg or None)
+    ck = compile_decode(G, D, args.block_m, block_n, args.warps, args.stages, maxnreg or None, not args.plain)
     usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(ck.asm["cubin"], "--dump-resource-usage"))
     regs, stack = int(usage.group(1)), int(usage.group(2))
     threads = 32 * args.warps
@@ -96,7 +99,8 @@ def report(name, G, D, args) -> str:
     shared = ck.metadata.shared
     per_sm = min(REGISTERS_PER_SM // (threads * (-(-regs // 8) * 8)), MAX_THREADS_PER_SM // threads,
                  SHARED_PER_SM // (shared + SHARED_RESERVED))
-    loop, *tail = key_loops(cuobjdump(ck.asm["cubin"], "--dump-sass"))
+    sass = cuobjdump(ck.asm["cubin"], "--dump-sass")
+    loop, *tail = key_loops(sass)
     counts = collections.Counter(opcode(i) for i in loop)
     mix = counts.most_common(8)
     # How the MMA operands leave shared memory: ldmatrix (LDSM) hands each thread its fragment;
@@ -104,7 +108,9 @@ def report(name, G, D, args) -> str:
     return (f"{name:12s} BLOCK_M {args.block_m:2d} BLOCK_N {block_n:3d} warps {args.warps}: {regs} registers, "
             f"{stack} B stack, {shared // 1024} KB shared, {per_sm} programs/SM; loop {len(loop)} instructions "
             f"(masked tail {len(tail[0]) if tail else 0}) "
-            f"({', '.join(f'{k} {v}' for k, v in mix)}); shared loads: {counts['LDSM']} ldmatrix, {counts['LDS']} plain")
+            f"({', '.join(f'{k} {v}' for k, v in mix)}); shared loads: {counts['LDSM']} ldmatrix, {counts['LDS']} plain; "
+            # griddepcontrol.wait is ACQBULK in the SASS: where a PDL launch waits for the rotation
+            f"waits for the kernel before: {'yes' if 'ACQBULK' in sass else 'no'}")
 
 
 def main():
@@ -115,6 +121,8 @@ def main():
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--maxnreg", type=int, help="cap registers per thread (spills show as stack); default the "
                     f"launcher's ({LAUNCH_MAXNREG}), 0 for none")
+    ap.add_argument("--plain", action="store_true", help="without programmatic dependent launch, as an "
+                    "exported program launches it (default: with, as the op does on the GPU)")
     args = ap.parse_args()
     for name, (h_q, h_kv, D) in SHAPES.items():
         G = h_q // h_kv

@@ -33,11 +33,13 @@ def test_largest_loop_is_the_longest_backward_branch_body():
 
 
 @pytest.mark.slow
-def test_compiles_the_decode_kernel_for_sm90_and_finds_the_lookup_loop():
-    """ptxas and cuobjdump come with Triton's wheel: this runs on a CPU-only machine."""
+@pytest.mark.parametrize("flags", [[], ["--plain"]], ids=["pdl", "plain"])
+def test_compiles_the_decode_kernel_for_sm90_and_finds_the_lookup_loop(flags):
+    """ptxas and cuobjdump come with Triton's wheel: this runs on a CPU-only machine. Both
+    launches: with PDL (eager GPU calls) and plain (exported programs)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py")], env=env,
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), *flags], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -58,3 +60,5 @@ def test_compiles_the_decode_kernel_for_sm90_and_finds_the_lookup_loop():
         # the operands out for 8-bit data: 48 LDS.64 and ~180 register moves per step.)
         ldsm, lds = map(int, re.search(r"shared loads: (\d+) ldmatrix, (\d+) plain", line).groups())
         assert ldsm >= 24 and lds <= 8, line
+        # A PDL launch waits (griddepcontrol.wait) for the query rotation; a plain one needs not.
+        assert line.endswith("waits for the kernel before: " + ("no" if flags else "yes")), line

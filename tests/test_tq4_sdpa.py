@@ -328,6 +328,35 @@ def test_gpu_triton_matches_reference(B, H_q, H_kv, Lq, S, kv_len, D):
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
 
 
+def test_pdl_only_for_real_gpu_tensors():
+    """Programmatic dependent launch is for eager GPU calls: not on the CPU, and not while tracing
+    (an export hands the op fake tensors; AOTInductor launches without PDL, so the exported
+    program keeps the kernels compiled without it)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tq_kernels.tq4_sdpa import _use_pdl
+
+    assert not _use_pdl(torch.zeros(1, dtype=torch.bfloat16))
+    with FakeTensorMode():
+        fake = torch.empty(1, dtype=torch.bfloat16, device="cuda")
+    assert not _use_pdl(fake)
+
+
+@pytest.mark.gpu
+def test_gpu_decode_launches_with_pdl_and_matches_without():
+    from tq_kernels import tq4_sdpa as mod
+
+    args = make_args(1, 16, 2, 1, 4096, 3000, 256, device="cuda")
+    assert mod._use_pdl(args[0])
+    with_pdl = tq4_sdpa_triton(*args)
+    mod.CONFIG_OVERRIDE = dict(pdl=False)
+    try:
+        without = tq4_sdpa_triton(*args)
+    finally:
+        mod.CONFIG_OVERRIDE = None
+    assert torch.equal(with_pdl, without)
+
+
 def test_prmt_asm_is_one_line():
     # Inductor copies the PTX constant into generated Python source; a newline in it broke the
     # AOTInductor compile of every exported TurboQuant program.

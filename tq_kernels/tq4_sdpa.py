@@ -51,6 +51,7 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128, 256)
@@ -67,7 +68,7 @@ def _rotate_q_kernel(
     stride_qb, stride_qh, stride_ql,
     M_total, H_kv, qk_scale,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """q_rot[b, kvh, r, c-chunk] = q[b, kvh*G + r%G, r//G, :] @ R[c-chunk, :]^T * qk_scale  (bf16).
 
@@ -77,9 +78,12 @@ def _rotate_q_kernel(
     program (chunk index D / BLOCK_C) writes the codebook as the decode loop reads it: two words
     of int8 codes and their scale (`_code_tables`). It is a program of its own so that no
     program's chain of dependent loads holds both jobs: at decode this kernel is a few
-    microseconds of latency, not of work.
+    microseconds of latency, not of work. With PDL the decode kernel launched after it may start
+    at once (it waits for this one's results where it needs them: `_tq4_decode_kernel`).
     """
     i_m0, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if PDL:
+        gdc_launch_dependents()
     if i_c == D // BLOCK_C:
         if i_m0 == 0 and i_bh == 0:
             t0, t1, cq = _code_tables(cent_ptr)
@@ -330,6 +334,20 @@ def _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh,
     """One (batch, KV head)'s packed K / V rows and their norms."""
     return (kp_ptr + i_b * stride_kb + i_kvh * stride_kh, vp_ptr + i_b * stride_kb + i_kvh * stride_kh,
             kn_ptr + i_b * stride_nb + i_kvh * stride_nh, vn_ptr + i_b * stride_nb + i_kvh * stride_nh)
+
+
+@triton.jit
+def _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh, stride_ks, stride_nb, stride_nh,
+                BLOCK_N: tl.constexpr):
+    """_head_ptrs, and whether decode may prefetch their tiles: a bulk prefetch needs 16-byte
+    aligned ranges (a cache view at an odd offset goes without)."""
+    p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
+                                      stride_kb, stride_kh, stride_nb, stride_nh)
+    kn_bytes: tl.constexpr = kn_ptr.dtype.element_ty.primitive_bitwidth // 8
+    vn_bytes: tl.constexpr = vn_ptr.dtype.element_ty.primitive_bitwidth // 8
+    prefetch = ((p_k.to(tl.int64) | p_v.to(tl.int64) | p_kn.to(tl.int64) | p_vn.to(tl.int64)
+                 | (stride_ks | BLOCK_N * kn_bytes | BLOCK_N * vn_bytes)) & 15) == 0
+    return p_k, p_v, p_kn, p_vn, prefetch
 
 
 @triton.jit
@@ -651,7 +669,7 @@ def _tq4_decode_kernel(
     qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, tab_ptr, kv_len_ptr, po_ptr, plse_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, Lq, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Split-K decode, computed transposed: the scores of one cache chunk as K q^T ([BN, BM]) and
     the output as V^T P^T ([D/2, BM] per half), partials to po/plse for _tq4_combine_kernel, their
@@ -664,6 +682,11 @@ def _tq4_decode_kernel(
 
     The query is quantized to int8 once per program, per row by its largest coordinate, in the
     coordinate order of the code tensors; keys are int8 codes (`_codes_asm`), values fp16.
+
+    PDL (programmatic dependent launch, sm_90): the kernel is launched while the query rotation
+    still runs. Everything else it reads was written before that rotation started, so it sets up
+    its key range and asks L2 for its first tile, and waits (griddepcontrol.wait) only before
+    loading the rotated query and the codebook tables; it lets the merge launch at once too.
     """
     HALF: tl.constexpr = D // 2
     # The split is the grid's slowest axis: the GPU hands out programs in grid order, so the
@@ -677,6 +700,18 @@ def _tq4_decode_kernel(
     o_r, m_r, pos_r, lo, hi = _rows_and_keys(i_m, i_s, kv_len, Lq, M_total, nsplit, G, BLOCK_M, BLOCK_N)
 
     o_h = tl.arange(0, HALF)
+    KN_BYTES: tl.constexpr = kn_ptr.dtype.element_ty.primitive_bitwidth // 8
+    VN_BYTES: tl.constexpr = vn_ptr.dtype.element_ty.primitive_bitwidth // 8
+    if PDL:
+        p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
+                                                     stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N)
+        gdc_launch_dependents()
+        if prefetch & (lo + BLOCK_N <= hi):  # the first tile, while the rotation finishes
+            _prefetch_l2(p_k + lo * stride_ks, BLOCK_N * stride_ks)
+            _prefetch_l2(p_v + lo * stride_ks, BLOCK_N * stride_ks)
+            _prefetch_l2(p_kn + lo, BLOCK_N * KN_BYTES)
+            _prefetch_l2(p_vn + lo, BLOCK_N * VN_BYTES)
+        gdc_wait()
     p_q = qr_ptr + (i_bh * M_total + o_r)[None, :] * D + _code_coords(o_h)[:, None]
     b_qe = tl.load(p_q, mask=m_r[None, :], other=0.0).to(tl.float32)  # [D/2, BM]
     b_qo = tl.load(p_q + 4, mask=m_r[None, :], other=0.0).to(tl.float32)
@@ -702,13 +737,9 @@ def _tq4_decode_kernel(
     b_wT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
     b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
-    p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
-                                      stride_kb, stride_kh, stride_nb, stride_nh)
-    KN_BYTES: tl.constexpr = kn_ptr.dtype.element_ty.primitive_bitwidth // 8
-    VN_BYTES: tl.constexpr = vn_ptr.dtype.element_ty.primitive_bitwidth // 8
-    # A bulk prefetch needs 16-byte aligned ranges (a cache view at an odd offset goes without).
-    prefetch = ((p_k.to(tl.int64) | p_v.to(tl.int64) | p_kn.to(tl.int64) | p_vn.to(tl.int64)
-                 | (stride_ks | BLOCK_N * KN_BYTES | BLOCK_N * VN_BYTES)) & 15) == 0
+    if not PDL:  # (here, not above: ptxas then allocates the loop with ~50 fewer register copies a step)
+        p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
+                                                     stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N)
     # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all but
     # the range's last): the unmasked step is ~60 instructions shorter.
     first = kv_len - Lq + (i_m * BLOCK_M) // G
@@ -755,7 +786,7 @@ def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, pl
 def _tq4_combine_kernel(
     po_ptr, plse_ptr, rot_ptr, kv_len_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    NS_MAX: tl.constexpr,
+    NS_MAX: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
@@ -769,6 +800,9 @@ def _tq4_combine_kernel(
     and zeros), so the log-sum-exps need not wait for kv_len; it only says which groups of 64
     splits to skip. The partials keep the attention loop's column order (`_code_coords`), so
     R's rows are read in that order too.
+
+    PDL: launched while the split kernel runs, it loads its chunk of R, which nothing before it
+    writes, and then waits (griddepcontrol.wait) for the partials.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -776,6 +810,12 @@ def _tq4_combine_kernel(
     o_d = tl.arange(0, D)
     row0 = i_bh * nsplit * M_total + i_r  # partial row of split s: row0 + s * M_total
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
+    # Column j of the partials is coordinate _code_coords(j) (j < D/2), or that of j - D/2 plus 4.
+    r_row = _code_coords(o_d % HALF) + tl.where(o_d < HALF, 0, 4)
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    if PDL:
+        b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
+        gdc_wait()
     # The largest log-sum-exp (splits past the causal end hold -inf) and the weights' sum.
     o_all = tl.arange(0, NS_MAX)
     lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
@@ -792,11 +832,8 @@ def _tq4_combine_kernel(
         if g0 < used:
             b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
     o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
-    # Rotate back: column j of the partials is coordinate _code_coords(j) (j < D/2), or that of
-    # j - D/2 plus 4.
-    r_row = _code_coords(o_d % HALF) + tl.where(o_d < HALF, 0, 4)
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
+    if not PDL:  # rotate back (loaded last: without PDL, first was slower, results/attention.md)
+        b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
     b_out = tl.sum(o_rot[:, None] * b_r, 0)
     tl.store(out_ptr + i_b * stride_ob + (i_kvh * G + i_r % G) * stride_oh + (i_r // G) * stride_ol + o_c,
              b_out.to(tl.bfloat16))
@@ -892,9 +929,11 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
 # kernels, else prefill's scratch path), block_m, block_n, nsplit (key ranges per query tile;
 # with more than one, a merge follows), warps, stages, rotate (rows, columns, programs per column
 # chunk, warps of decode's query rotation), combine (splits per step, columns, warps, stages of
-# decode's merge), scratch (rows per program, columns per step, warps of the prefill scratch
-# kernel), chunk (cache rows the prefill scratch holds), split_keys (cached keys per key range of
-# a split prefill) and merge (rows per program, warps of a split prefill's merge).
+# decode's merge), pdl and merge_pdl (launch decode's split kernel, its merge, with programmatic
+# dependent launch where the launcher may: `_use_pdl`), scratch (rows per program, columns per
+# step, warps of the prefill scratch kernel), chunk (cache rows the prefill scratch holds),
+# split_keys (cached keys per key range of a split prefill) and merge (rows per program, warps of
+# a split prefill's merge).
 CONFIG_OVERRIDE: dict | None = None
 # Prefill decompresses the cache into a bf16 scratch (K and V) of at most this size: a longer
 # cache is decompressed and attended in chunks of rows, so the transient copy stays far below
@@ -912,8 +951,12 @@ def _config(M_total, S, B, H_kv, D, device):
     # and 8 warps (4 spill), below 32 columns and 4 warps (H100 sweep, results/attention.md).
     # A split prefill uses one key range per 1024 cached keys; its merge takes 32 rows per program.
     # The scratch holds whole 1024-row blocks within SCRATCH_BYTES (K and V, bf16).
+    # Decode's kernels launch with programmatic dependent launch where they may (`_use_pdl`): the
+    # split kernel prefetches its first tile instead of waiting out the rotation's launch boundary,
+    # and at head_dim 256 the merge loads R meanwhile (below 256 that order was slower, with or
+    # without PDL). H200, results/attention.md.
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
-                  combine=(16, 64, 4, 1),
+                  combine=(16, 64, 4, 1), pdl=True, merge_pdl=D >= 256,
                   chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are the MMA's M) with one pipeline stage,
@@ -950,6 +993,15 @@ def _config(M_total, S, B, H_kv, D, device):
         nsplit = next((ns for ns in (32, 16, 8, 4, 2) if statically_known_true(tiles * ns <= 2 * sms)), 1)
     return dict(decode=False, block_m=bm, block_n=bn, nsplit=nsplit, warps=warps, stages=stages) | common | (
         CONFIG_OVERRIDE or {})
+
+
+def _use_pdl(q) -> bool:
+    """Whether decode's kernels may be launched with programmatic dependent launch (PDL: a kernel
+    starts while the one before it runs and waits where it reads its results, griddepcontrol on
+    sm_90): for tensors on a GPU, not while tracing. AOTInductor launches an exported program's
+    kernels without PDL, so an export keeps the kernels compiled without it (the launcher also
+    leaves it out under the interpreter)."""
+    return q.device.type == "cuda" and not is_fake(q)
 
 
 @functools.cache
@@ -1022,23 +1074,26 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     # Decode: rotate the queries, split the keys over programs, merge the partials and rotate back.
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
     tab = torch.empty((4,), dtype=torch.int32, device=dev)  # _code_tables: two words of codes, cq
+    pdl = bool(cfg["pdl"]) and not interpret and _use_pdl(q)
+    merge_pdl = pdl and bool(cfg["merge_pdl"])
     rm, rc, rp, rw = cfg["rotate"]
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc + 1)](
         q, rot, q_rot, centroids, tab, *q_strides, M_total, H_kv, scale * LOG2E,
-        G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, num_warps=rw, num_stages=2,
+        G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, PDL=pdl, num_warps=rw, num_stages=2,
     )
     po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
     wrap_triton(_decode_launch(cfg["warps"], cfg["stages"], cfg.get("maxnreg")))[(q_tiles, B * H_kv, nsplit)](
         q_rot, k_packed, k_norms, v_packed, v_norms, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
-        G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret,
+        G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret, PDL=pdl,
+        **({"launch_pdl": True} if pdl else {}),
     )
     cs, cc, cw, cst = cfg["combine"]
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
         po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
         BLOCK_S=cs, BLOCK_C=cc,
         NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
-        num_warps=cw, num_stages=cst,
+        PDL=merge_pdl, num_warps=cw, num_stages=cst, **({"launch_pdl": True} if merge_pdl else {}),
     )
     return out
 
