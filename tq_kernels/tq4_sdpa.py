@@ -929,8 +929,8 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
 # kernels, else prefill's scratch path), block_m, block_n, nsplit (key ranges per query tile;
 # with more than one, a merge follows), warps, stages, rotate (rows, columns, programs per column
 # chunk, warps of decode's query rotation), combine (splits per step, columns, warps, stages of
-# decode's merge), pdl and merge_pdl (launch decode's split kernel, its merge, with programmatic
-# dependent launch where the launcher may: `_use_pdl`), scratch (rows per program, columns per
+# decode's merge), pdl (launch decode's split kernel and merge with programmatic dependent
+# launch where the launcher may: `_use_pdl`), scratch (rows per program, columns per
 # step, warps of the prefill scratch kernel), chunk (cache rows the prefill scratch holds),
 # split_keys (cached keys per key range of a split prefill) and merge (rows per program, warps of
 # a split prefill's merge).
@@ -951,12 +951,13 @@ def _config(M_total, S, B, H_kv, D, device):
     # and 8 warps (4 spill), below 32 columns and 4 warps (H100 sweep, results/attention.md).
     # A split prefill uses one key range per 1024 cached keys; its merge takes 32 rows per program.
     # The scratch holds whole 1024-row blocks within SCRATCH_BYTES (K and V, bf16).
-    # Decode's kernels launch with programmatic dependent launch where they may (`_use_pdl`): the
-    # split kernel prefetches its first tile instead of waiting out the rotation's launch boundary,
-    # and at head_dim 256 the merge loads R meanwhile (below 256 that order was slower, with or
-    # without PDL). H200, results/attention.md.
+    # At head_dim 256 decode's kernels launch with programmatic dependent launch where they may
+    # (`_use_pdl`): the split kernel prefetches its first tile instead of waiting out the
+    # rotation's launch boundary, and the merge loads R while the split kernel runs: 4-8% faster
+    # in every decode case on the H200. At head_dim 128 it was 0.2-0.3 us slower at 4K and the
+    # merge loading R first slower still (results/attention.md), so smaller heads launch plainly.
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
-                  combine=(16, 64, 4, 1), pdl=True, merge_pdl=D >= 256,
+                  combine=(16, 64, 4, 1), pdl=D >= 256,
                   chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are the MMA's M) with one pipeline stage,
@@ -1075,7 +1076,6 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
     tab = torch.empty((4,), dtype=torch.int32, device=dev)  # _code_tables: two words of codes, cq
     pdl = bool(cfg["pdl"]) and not interpret and _use_pdl(q)
-    merge_pdl = pdl and bool(cfg["merge_pdl"])
     rm, rc, rp, rw = cfg["rotate"]
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc + 1)](
         q, rot, q_rot, centroids, tab, *q_strides, M_total, H_kv, scale * LOG2E,
@@ -1093,7 +1093,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
         BLOCK_S=cs, BLOCK_C=cc,
         NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
-        PDL=merge_pdl, num_warps=cw, num_stages=cst, **({"launch_pdl": True} if merge_pdl else {}),
+        PDL=pdl, num_warps=cw, num_stages=cst, **({"launch_pdl": True} if pdl else {}),
     )
     return out
 
