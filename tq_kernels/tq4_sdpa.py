@@ -953,7 +953,7 @@ def _config(M_total, S, B, H_kv, D, device):
     # The scratch holds whole 1024-row blocks within SCRATCH_BYTES (K and V, bf16).
     # At head_dim 256 decode's kernels launch with programmatic dependent launch where they may
     # (`_use_pdl`): the split kernel prefetches its first tile instead of waiting out the
-    # rotation's launch boundary, and the merge loads R while the split kernel runs: 4-8% faster
+    # rotation's launch boundary, and the merge loads R while the split kernel runs: 5-9% faster
     # in every decode case on the H200. At head_dim 128 it was 0.2-0.3 us slower at 4K and the
     # merge loading R first slower still (results/attention.md), so smaller heads launch plainly.
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
