@@ -357,6 +357,25 @@ def test_gpu_decode_launches_with_pdl_and_matches_without():
     assert torch.equal(with_pdl, without)
 
 
+@pytest.mark.gpu
+def test_gpu_decode_replays_in_a_cuda_graph():
+    """A CUDA graph keeps the PDL launches as programmatic edges: replays over a cache whose
+    contents and kv_len change between them give what eager calls give."""
+    args = list(make_args(1, 16, 2, 1, 4096, 3000, 256, device="cuda"))
+    other = make_args(1, 16, 2, 1, 4096, 2500, 256, device="cuda", seed=1)
+    static = [a.clone() for a in args]
+    torch.ops.tq.tq4_sdpa(*static)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch.ops.tq.tq4_sdpa(*static)
+    for inputs in (args, other):
+        for dst, src in zip(static, inputs):
+            dst.copy_(src)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, torch.ops.tq.tq4_sdpa(*inputs))
+
+
 def test_prmt_asm_is_one_line():
     # Inductor copies the PTX constant into generated Python source; a newline in it broke the
     # AOTInductor compile of every exported TurboQuant program.
