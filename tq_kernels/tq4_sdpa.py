@@ -338,15 +338,13 @@ def _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh,
 
 @triton.jit
 def _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh, stride_ks, stride_nb, stride_nh,
-                BLOCK_N: tl.constexpr):
+                BLOCK_N: tl.constexpr, KN_BYTES: tl.constexpr, VN_BYTES: tl.constexpr):
     """_head_ptrs, and whether decode may prefetch their tiles: a bulk prefetch needs 16-byte
     aligned ranges (a cache view at an odd offset goes without)."""
     p_k, p_v, p_kn, p_vn = _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh,
                                       stride_kb, stride_kh, stride_nb, stride_nh)
-    kn_bytes: tl.constexpr = kn_ptr.dtype.element_ty.primitive_bitwidth // 8
-    vn_bytes: tl.constexpr = vn_ptr.dtype.element_ty.primitive_bitwidth // 8
     prefetch = ((p_k.to(tl.int64) | p_v.to(tl.int64) | p_kn.to(tl.int64) | p_vn.to(tl.int64)
-                 | (stride_ks | BLOCK_N * kn_bytes | BLOCK_N * vn_bytes)) & 15) == 0
+                 | (stride_ks | BLOCK_N * KN_BYTES | BLOCK_N * VN_BYTES)) & 15) == 0
     return p_k, p_v, p_kn, p_vn, prefetch
 
 
@@ -704,7 +702,8 @@ def _tq4_decode_kernel(
     VN_BYTES: tl.constexpr = vn_ptr.dtype.element_ty.primitive_bitwidth // 8
     if PDL:
         p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
-                                                     stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N)
+                                                     stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
+                                                     KN_BYTES, VN_BYTES)
         gdc_launch_dependents()
         if prefetch & (lo + BLOCK_N <= hi):  # the first tile, while the rotation finishes
             _prefetch_l2(p_k + lo * stride_ks, BLOCK_N * stride_ks)
@@ -739,7 +738,8 @@ def _tq4_decode_kernel(
     b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
     if not PDL:  # (here, not above: ptxas then allocates the loop with ~50 fewer register copies a step)
         p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
-                                                     stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N)
+                                                     stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
+                                                     KN_BYTES, VN_BYTES)
     # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all but
     # the range's last): the unmasked step is ~60 instructions shorter.
     first = kv_len - Lq + (i_m * BLOCK_M) // G
