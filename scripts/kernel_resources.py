@@ -39,12 +39,14 @@ POINTERS = {"qr_ptr": "*bf16", "kp_ptr": "*u8", "kn_ptr": "*bf16", "vp_ptr": "*u
             "tab_ptr": "*i32", "kv_len_ptr": "*i64", "po_ptr": "*fp32", "plse_ptr": "*fp32"}
 
 
-def compile_decode(G, D, block_m, block_n, warps, stages, maxnreg=None, pdl=True):
+def compile_decode(G, D, block_m, block_n, warps, stages, maxnreg=None, pdl=True, kv_vec=None):
     """The decode kernel's CompiledKernel for sm_90, specialized as a decode launch would be
-    (pdl: with programmatic dependent launch, as the op launches it on the GPU)."""
+    (pdl: with programmatic dependent launch, as the op launches it on the GPU; kv_vec: bytes of a
+    packed row per thread and load, default the launcher's for this head_dim)."""
     kernel = mod._tq4_decode_kernel
     # ints equal to 1 are constants
-    consts = dict(G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, INTERPRET=False, Lq=1, PDL=pdl)
+    kv_vec = kv_vec or mod._config(G, 131072, 1, 1, D, torch.device("cpu"))["kv_vec"]  # the launcher's
+    consts = dict(G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, INTERPRET=False, Lq=1, PDL=pdl, KV_VEC=kv_vec)
     signature = {name: ("constexpr" if name in consts else POINTERS.get(name, "i32")) for name in kernel.arg_names}
     aligned = [*POINTERS, "stride_kb", "stride_kh", "stride_ks", "stride_nb", "stride_nh"]
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
@@ -103,6 +105,8 @@ def report(name, G, D, args) -> str:
     loop, *tail = key_loops(sass)
     counts = collections.Counter(opcode(i) for i in loop)
     mix = counts.most_common(8)
+    # The widest global load in the loop: the packed K / V rows (the norms are 2-byte loads).
+    row_bytes = max((int(w) // 8 for w in re.findall(r"\bLDG\.E\.(64|128)\b", " ".join(loop))), default=0)
     # How the MMA operands leave shared memory: ldmatrix (LDSM) hands each thread its fragment;
     # plain loads (LDS) of a layout that does not match need register moves to reassemble it.
     return (f"{name:12s} BLOCK_M {args.block_m:2d} BLOCK_N {block_n:3d} warps {args.warps}: {regs} registers, "
@@ -110,6 +114,7 @@ def report(name, G, D, args) -> str:
             f"(masked tail {len(tail[0]) if tail else 0}) "
             f"({', '.join(f'{k} {v}' for k, v in mix)}); shared loads: {counts['LDSM']} ldmatrix, {counts['LDS']} plain; "
             # griddepcontrol.wait is ACQBULK in the SASS: where a PDL launch waits for the rotation
+            f"packed rows by {row_bytes}-byte loads; "
             f"waits for the kernel before: {'yes' if 'ACQBULK' in sass else 'no'}")
 
 

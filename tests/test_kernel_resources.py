@@ -60,5 +60,9 @@ def test_compiles_the_decode_kernel_for_sm90_and_finds_the_lookup_loop(flags):
         # the operands out for 8-bit data: 48 LDS.64 and ~180 register moves per step.)
         ldsm, lds = map(int, re.search(r"shared loads: (\d+) ldmatrix, (\d+) plain", line).groups())
         assert ldsm >= 24 and lds <= 8, line
+        # At head_dim 256 each thread loads 8 bytes of a packed row, so that the looked-up V tiles'
+        # stores to shared memory are free of bank conflicts (a 16-byte load made them 2-way
+        # conflicted); llama's rows stay 16-byte loads.
+        assert f"packed rows by {8 if line.startswith('qwen') else 16}-byte loads" in line, line
         # A PDL launch waits (griddepcontrol.wait) for the query rotation; a plain one needs not.
         assert line.endswith("waits for the kernel before: " + ("no" if flags else "yes")), line

@@ -667,7 +667,7 @@ def _tq4_decode_kernel(
     qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, tab_ptr, kv_len_ptr, po_ptr, plse_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, Lq, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    INTERPRET: tl.constexpr, PDL: tl.constexpr = False,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr = False, KV_VEC: tl.constexpr = 16,
 ):
     """Split-K decode, computed transposed: the scores of one cache chunk as K q^T ([BN, BM]) and
     the output as V^T P^T ([D/2, BM] per half), partials to po/plse for _tq4_combine_kernel, their
@@ -685,6 +685,9 @@ def _tq4_decode_kernel(
     still runs. Everything else it reads was written before that rotation started, so it sets up
     its key range and asks L2 for its first tile, and waits (griddepcontrol.wait) only before
     loading the rotated query and the codebook tables; it lets the merge launch at once too.
+
+    KV_VEC: bytes of a packed row each thread loads at once (16, or 8 to keep the stores of the
+    looked-up V tiles free of bank conflicts; see where it is applied).
     """
     HALF: tl.constexpr = D // 2
     # The split is the grid's slowest axis: the GPU hands out programs in grid order, so the
@@ -740,6 +743,16 @@ def _tq4_decode_kernel(
         p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
                                                      stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
                                                      KN_BYTES, VN_BYTES)
+    if KV_VEC < 16:
+        # Triton gives each thread of a packed tile as many contiguous bytes as the pointers'
+        # known alignment allows, up to 16. At 16, a thread's V lookup yields 32 contiguous bytes
+        # of fp16 per operand, stored to shared memory as two 16-byte halves 32 bytes apart: a
+        # 2-way bank conflict on every store (qwen3.5-moe 128K under ncu: 1.08 M of 5.18 M
+        # shared-memory wavefronts, the L1 pipe 80% busy). Offsetting K and V by a zero that the
+        # compiler cannot prove a multiple of 16 (kv_len is never negative) leaves them known
+        # 8-byte aligned: 8 bytes a thread, the V stores conflict-free (26 K conflicts).
+        zero = tl.where(kv_len < 0, KV_VEC, 0)
+        p_k, p_v = p_k + zero, p_v + zero
     # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all but
     # the range's last): the unmasked step is ~60 instructions shorter.
     first = kv_len - Lq + (i_m * BLOCK_M) // G
@@ -927,7 +940,8 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
 
 # Tuning override for benchmarks and tests: a dict with any of decode (take the split-K decode
 # kernels, else prefill's scratch path), block_m, block_n, nsplit (key ranges per query tile;
-# with more than one, a merge follows), warps, stages, rotate (rows, columns, programs per column
+# with more than one, a merge follows), warps, stages, kv_vec (bytes of a packed row each thread
+# of decode's split kernel loads at once: 8 or 16), rotate (rows, columns, programs per column
 # chunk, warps of decode's query rotation), combine (splits per step, columns, warps, stages of
 # decode's merge), pdl (launch decode's split kernel and merge with programmatic dependent
 # launch where the launcher may: `_use_pdl`), scratch (rows per program, columns per
@@ -969,19 +983,22 @@ def _config(M_total, S, B, H_kv, D, device):
         # on H200, although Triton then takes mma.sync for wgmma. With two loops (unmasked and
         # masked tiles) ptxas takes ~160 registers; capped at 128 it spills nothing, and registers
         # and shared memory fit 4 programs per SM (3 uncapped: up to 26% slower at 32K-128K, H200).
-        # The loop is issue-bound, and more
-        # resident warps hide more of its latencies, but every range also costs a fixed prologue,
+        # More resident warps hide more of the loop's latencies, but every range also costs a fixed prologue,
         # epilogue and merge: 4 programs per SM where each range still gets at least 4 tiles
         # (llama 32K and both at 128K: 4-8% faster on H200), else 2 (qwen3.5-moe 32K, where a
         # range would get 2 tiles: 5% slower at 4). results/attention.md has the tables.
         block_m = 8 if statically_known_true(M_total <= 8) else 16
         block_n = 64 if D >= 256 else 128
+        # Packed rows 8 bytes per thread at head_dim 256: its looked-up V tiles then reach shared
+        # memory without bank conflicts (`_tq4_decode_kernel`), 3-7% faster in every qwen3.5-moe
+        # decode case on H200; at head_dim 128 16-byte loads stay faster (0.1-2.7%).
+        kv_vec = 8 if D >= 256 else 16
         splits4 = triton.cdiv(4 * sms, B * H_kv)
         per_sm = 4 if statically_known_true(S > 3 * block_n * splits4) else 2
         max_splits = triton.cdiv(per_sm * sms, B * H_kv)  # independent of kv_len: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
-                    stages=1, maxnreg=128, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
+                    stages=1, maxnreg=128, kv_vec=kv_vec, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
     # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
     # not fit in shared memory), 3 below.
     bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
@@ -1086,7 +1103,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         q_rot, k_packed, k_norms, v_packed, v_norms, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret, PDL=pdl,
-        **({"launch_pdl": True} if pdl else {}),
+        KV_VEC=cfg["kv_vec"], **({"launch_pdl": True} if pdl else {}),
     )
     cs, cc, cw, cst = cfg["combine"]
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
