@@ -1103,7 +1103,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         q_rot, k_packed, k_norms, v_packed, v_norms, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret, PDL=pdl,
-        KV_VEC=cfg["kv_vec"], **({"launch_pdl": True} if pdl else {}),
+        KV_VEC=cfg.get("kv_vec", 16), **({"launch_pdl": True} if pdl else {}),
     )
     cs, cc, cw, cst = cfg["combine"]
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
