@@ -113,8 +113,8 @@ def report(name, G, D, args) -> str:
             f"{stack} B stack, {shared // 1024} KB shared, {per_sm} programs/SM; loop {len(loop)} instructions "
             f"(masked tail {len(tail[0]) if tail else 0}) "
             f"({', '.join(f'{k} {v}' for k, v in mix)}); shared loads: {counts['LDSM']} ldmatrix, {counts['LDS']} plain; "
-            # griddepcontrol.wait is ACQBULK in the SASS: where a PDL launch waits for the rotation
             f"packed rows by {row_bytes}-byte loads; "
+            # griddepcontrol.wait is ACQBULK in the SASS: where a PDL launch waits for the rotation
             f"waits for the kernel before: {'yes' if 'ACQBULK' in sass else 'no'}")
 
 

@@ -983,8 +983,8 @@ def _config(M_total, S, B, H_kv, D, device):
         # on H200, although Triton then takes mma.sync for wgmma. With two loops (unmasked and
         # masked tiles) ptxas takes ~160 registers; capped at 128 it spills nothing, and registers
         # and shared memory fit 4 programs per SM (3 uncapped: up to 26% slower at 32K-128K, H200).
-        # More resident warps hide more of the loop's latencies, but every range also costs a fixed prologue,
-        # epilogue and merge: 4 programs per SM where each range still gets at least 4 tiles
+        # More resident warps hide more of the loop's latencies, but every range also costs a
+        # fixed prologue, epilogue and merge: 4 programs per SM where each range still gets at least 4 tiles
         # (llama 32K and both at 128K: 4-8% faster on H200), else 2 (qwen3.5-moe 32K, where a
         # range would get 2 tiles: 5% slower at 4). results/attention.md has the tables.
         block_m = 8 if statically_known_true(M_total <= 8) else 16
