@@ -96,6 +96,18 @@ def test_decode_splits_give_four_programs_per_sm_where_each_range_gets_four_tile
     assert mod._config(4, 300, 1, 8, 128, cpu)["nsplit"] == 3  # ... or 128-key tiles
 
 
+def test_early_exit_and_two_step_merge_at_head_dim_256_only_the_latter_from_128_splits():
+    from tq_kernels import tq4_sdpa as mod
+
+    cpu = torch.device("cpu")
+    for capacity, merge_cols in ((4096, None), (32768, (16, 32, 4)), (131072, (16, 32, 4))):
+        qwen = mod._config(8, capacity, 1, 2, 256, cpu)
+        assert qwen["early"] and qwen["merge_cols"] == merge_cols and (qwen["nsplit"] >= 128) == bool(merge_cols)
+    for capacity in (4096, 131072):
+        llama = mod._config(4, capacity, 1, 8, 128, cpu)
+        assert not llama["early"] and llama["merge_cols"] is None
+
+
 def test_scratch_only_for_prefill_and_in_bounded_chunks():
     from tq_kernels import tq4_sdpa as mod
 
@@ -225,21 +237,24 @@ def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
 
 
 @interpreted
+@pytest.mark.parametrize("merge", [{}, {"early": True}, {"early": True, "merge_cols": (16, 32, 4)}],
+                         ids=["every-split-stores", "early-exit", "early-exit-two-step-merge"])
 @pytest.mark.parametrize("nsplit,S,kv_len", [(37, 700, 650), (100, 1700, 1590), (100, 1700, 900)])
-def test_merge_of_many_splits_some_empty(nsplit, S, kv_len, monkeypatch):
+def test_merge_of_many_splits_some_empty(nsplit, S, kv_len, merge, monkeypatch):
     """The merge reads its splits in an unrolled loop over a power-of-two bound, masked past
     nsplit, and past its first 64 splits runs a group of 64 only when some split in it holds keys.
-    It reads every split's log-sum-exp without asking kv_len which hold keys, so every split must
-    store its partial (one without keys: -inf and zeros): the partial buffers start as NaN here,
-    and a split that stored nothing would make the output NaN. 37 splits of 32 keys (several
-    chunks of 16, the last ragged) over a 650-key cache: the splits past the end hold nothing. 100
-    splits of 16 keys (a bound of 128, two groups): at kv_len 1590 all 100 hold keys, so the
-    second group must run; at 900 only 57 do and it is skipped."""
+    It reads every split's log-sum-exp without asking kv_len which hold keys: every split stores
+    one (-inf where it holds no keys), and its partial row unless it exits early; the partial
+    buffers start as NaN here, and a row that the merge did not weigh by 0 would make the output
+    NaN. 37 splits of 32 keys (several chunks of 16, the last ragged) over a 650-key cache: the
+    splits past the end hold nothing. 100 splits of 16 keys (a bound of 128, two groups): at
+    kv_len 1590 all 100 hold keys, so the second group must run; at 900 only 57 do and it is
+    skipped. Each case also with early exits, and with a first merge by column chunks."""
     from tq_kernels import tq4_sdpa as mod
 
     partials = mod._partials
     monkeypatch.setattr(mod, "_partials", lambda *a: tuple(t.fill_(float("nan")) for t in partials(*a)))
-    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"nsplit": nsplit, "block_n": 16})
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"nsplit": nsplit, "block_n": 16} | merge)
     args = make_args(1, 8, 2, 1, S, kv_len, 64)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
@@ -343,10 +358,11 @@ def test_pdl_only_for_real_gpu_tensors():
 
 
 @pytest.mark.gpu
-def test_gpu_decode_launches_with_pdl_and_matches_without():
+@pytest.mark.parametrize("S", [4096, 40000], ids=["one-merge", "two-step-merge"])
+def test_gpu_decode_launches_with_pdl_and_matches_without(S):
     from tq_kernels import tq4_sdpa as mod
 
-    args = make_args(1, 16, 2, 1, 4096, 3000, 256, device="cuda")
+    args = make_args(1, 16, 2, 1, S, S - 1096, 256, device="cuda")
     assert mod._use_pdl(args[0])
     with_pdl = tq4_sdpa_triton(*args)
     mod.CONFIG_OVERRIDE = dict(pdl=False)
@@ -358,11 +374,13 @@ def test_gpu_decode_launches_with_pdl_and_matches_without():
 
 
 @pytest.mark.gpu
-def test_gpu_decode_replays_in_a_cuda_graph():
+@pytest.mark.parametrize("S", [4096, 40000], ids=["one-merge", "two-step-merge"])
+def test_gpu_decode_replays_in_a_cuda_graph(S):
     """A CUDA graph keeps the PDL launches as programmatic edges: replays over a cache whose
-    contents and kv_len change between them give what eager calls give."""
-    args = list(make_args(1, 16, 2, 1, 4096, 3000, 256, device="cuda"))
-    other = make_args(1, 16, 2, 1, 4096, 2500, 256, device="cuda", seed=1)
+    contents and kv_len change between them give what eager calls give (with 40000 rows the
+    partials are merged in two steps)."""
+    args = list(make_args(1, 16, 2, 1, S, S - 1096, 256, device="cuda"))
+    other = make_args(1, 16, 2, 1, S, S - 1596, 256, device="cuda", seed=1)
     static = [a.clone() for a in args]
     torch.ops.tq.tq4_sdpa(*static)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()

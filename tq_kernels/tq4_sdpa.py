@@ -667,7 +667,7 @@ def _tq4_decode_kernel(
     qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, tab_ptr, kv_len_ptr, po_ptr, plse_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, Lq, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    INTERPRET: tl.constexpr, PDL: tl.constexpr = False, KV_VEC: tl.constexpr = 16,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr = False, KV_VEC: tl.constexpr = 16, EARLY: tl.constexpr = False,
 ):
     """Split-K decode, computed transposed: the scores of one cache chunk as K q^T ([BN, BM]) and
     the output as V^T P^T ([D/2, BM] per half), partials to po/plse for _tq4_combine_kernel, their
@@ -687,7 +687,8 @@ def _tq4_decode_kernel(
     loading the rotated query and the codebook tables; it lets the merge launch at once too.
 
     KV_VEC: bytes of a packed row each thread loads at once (16, or 8 to keep the stores of the
-    looked-up V tiles free of bank conflicts; see where it is applied).
+    looked-up V tiles free of bank conflicts; see where it is applied). EARLY: a program whose key
+    range is empty skips the query, the tables and the loop (see where it is applied).
     """
     HALF: tl.constexpr = D // 2
     # The split is the grid's slowest axis: the GPU hands out programs in grid order, so the
@@ -703,96 +704,161 @@ def _tq4_decode_kernel(
     o_h = tl.arange(0, HALF)
     KN_BYTES: tl.constexpr = kn_ptr.dtype.element_ty.primitive_bitwidth // 8
     VN_BYTES: tl.constexpr = vn_ptr.dtype.element_ty.primitive_bitwidth // 8
-    if PDL:
-        p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
-                                                     stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
-                                                     KN_BYTES, VN_BYTES)
-        gdc_launch_dependents()
-        if prefetch & (lo + BLOCK_N <= hi):  # the first tile, while the rotation finishes
-            _prefetch_l2(p_k + lo * stride_ks, BLOCK_N * stride_ks)
-            _prefetch_l2(p_v + lo * stride_ks, BLOCK_N * stride_ks)
-            _prefetch_l2(p_kn + lo, BLOCK_N * KN_BYTES)
-            _prefetch_l2(p_vn + lo, BLOCK_N * VN_BYTES)
-        gdc_wait()
-    p_q = qr_ptr + (i_bh * M_total + o_r)[None, :] * D + _code_coords(o_h)[:, None]
-    b_qe = tl.load(p_q, mask=m_r[None, :], other=0.0).to(tl.float32)  # [D/2, BM]
-    b_qo = tl.load(p_q + 4, mask=m_r[None, :], other=0.0).to(tl.float32)
-    q_max = tl.maximum(tl.max(tl.abs(b_qe), 0), tl.max(tl.abs(b_qo), 0))
-    q_inv = tl.where(q_max > 0, 127.0 / tl.maximum(q_max, 1e-30), 0.0)  # rows of zeros (masked) stay 0
-    b_qe = tl.floor(b_qe * q_inv[None, :] + 0.5)
-    b_qo = tl.floor(b_qo * q_inv[None, :] + 0.5)
-    q_add = 0.5 * (tl.sum(b_qe, 0) + tl.sum(b_qo, 0))
-    if not INTERPRET:
-        b_qe, b_qo = b_qe.to(tl.int8), b_qo.to(tl.int8)
-    t0, t1 = tl.load(tab_ptr), tl.load(tab_ptr + 1)
-    cq = tl.load(tab_ptr + 2).to(tl.float32, bitcast=True)
-    q_mul = q_max / 127.0 / cq
-    u0, u1 = t0 ^ -2139062144, t1 ^ -2139062144  # ^ 0x80808080: the codes in offset binary
-    # Per key row: even rows hold values as 1024 + u, odd rows as -(1024 + ~u) (see _decode_step).
-    odd = (tl.arange(0, BLOCK_N) % 2) == 1
-    v_flip = tl.broadcast_to(tl.where(odd, -1, 0)[:, None], [BLOCK_N, HALF])
-    v_high = tl.where(v_flip != 0, -454761244, 1684300900)  # 0xE4E4E4E4, 0x64646464
-    w_sign = tl.where(odd, -1.0, 1.0)
+    # EARLY: a range past kv_len (a partly filled cache) stores only its log-sum-exp (-inf); the
+    # merge gives its partial row, never written, weight 0.
+    if EARLY and (lo >= hi):
+        tl.store(plse_ptr + (i_bh * nsplit + i_s) * M_total + o_r, float("-inf"), mask=m_r)
+    else:
+        if PDL:
+            p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
+                                                         stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
+                                                         KN_BYTES, VN_BYTES)
+            gdc_launch_dependents()
+            if prefetch & (lo + BLOCK_N <= hi):  # the first tile, while the rotation finishes
+                _prefetch_l2(p_k + lo * stride_ks, BLOCK_N * stride_ks)
+                _prefetch_l2(p_v + lo * stride_ks, BLOCK_N * stride_ks)
+                _prefetch_l2(p_kn + lo, BLOCK_N * KN_BYTES)
+                _prefetch_l2(p_vn + lo, BLOCK_N * VN_BYTES)
+            gdc_wait()
+        p_q = qr_ptr + (i_bh * M_total + o_r)[None, :] * D + _code_coords(o_h)[:, None]
+        b_qe = tl.load(p_q, mask=m_r[None, :], other=0.0).to(tl.float32)  # [D/2, BM]
+        b_qo = tl.load(p_q + 4, mask=m_r[None, :], other=0.0).to(tl.float32)
+        q_max = tl.maximum(tl.max(tl.abs(b_qe), 0), tl.max(tl.abs(b_qo), 0))
+        q_inv = tl.where(q_max > 0, 127.0 / tl.maximum(q_max, 1e-30), 0.0)  # rows of zeros (masked) stay 0
+        b_qe = tl.floor(b_qe * q_inv[None, :] + 0.5)
+        b_qo = tl.floor(b_qo * q_inv[None, :] + 0.5)
+        q_add = 0.5 * (tl.sum(b_qe, 0) + tl.sum(b_qo, 0))
+        if not INTERPRET:
+            b_qe, b_qo = b_qe.to(tl.int8), b_qo.to(tl.int8)
+        t0, t1 = tl.load(tab_ptr), tl.load(tab_ptr + 1)
+        cq = tl.load(tab_ptr + 2).to(tl.float32, bitcast=True)
+        q_mul = q_max / 127.0 / cq
+        u0, u1 = t0 ^ -2139062144, t1 ^ -2139062144  # ^ 0x80808080: the codes in offset binary
+        # Per key row: even rows hold values as 1024 + u, odd rows as -(1024 + ~u) (see _decode_step).
+        odd = (tl.arange(0, BLOCK_N) % 2) == 1
+        v_flip = tl.broadcast_to(tl.where(odd, -1, 0)[:, None], [BLOCK_N, HALF])
+        v_high = tl.where(v_flip != 0, -454761244, 1684300900)  # 0xE4E4E4E4, 0x64646464
+        w_sign = tl.where(odd, -1.0, 1.0)
 
-    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    b_lT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    b_wT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
-    b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
-    if not PDL:  # (here, not above: ptxas then allocates the loop with ~50 fewer register copies a step)
-        p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
-                                                     stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
-                                                     KN_BYTES, VN_BYTES)
-    if KV_VEC < 16:
-        # Triton gives each thread of a packed tile as many contiguous bytes as the pointers'
-        # known alignment allows, up to 16. At 16, a thread's V lookup yields 32 contiguous bytes
-        # of fp16 per operand, stored to shared memory as two 16-byte halves 32 bytes apart: a
-        # 2-way bank conflict on every store (qwen3.5-moe 128K under ncu: 1.08 M of 5.18 M
-        # shared-memory wavefronts, the L1 pipe 80% busy). Offsetting K and V by a zero that the
-        # compiler cannot prove a multiple of 16 (kv_len is never negative) leaves them known
-        # 8-byte aligned: 8 bytes a thread, the V stores conflict-free (26 K conflicts).
-        zero = tl.where(kv_len < 0, KV_VEC, 0)
-        p_k, p_v = p_k + zero, p_v + zero
-    # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all but
-    # the range's last): the unmasked step is ~60 instructions shorter.
-    first = kv_len - Lq + (i_m * BLOCK_M) // G
-    mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
-    for n0 in range(lo, mid, BLOCK_N):
-        b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_step(
-            n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-            w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
-            KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET)
-    for n0 in range(mid, hi, BLOCK_N):
-        b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_step(
-            n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-            w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
-            KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET)
+        b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        b_lT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        b_wT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+        b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
+        b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
+        if not PDL:  # (here, not above: ptxas then allocates the loop with ~50 fewer register copies a step)
+            p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
+                                                         stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
+                                                         KN_BYTES, VN_BYTES)
+        if KV_VEC < 16:
+            # Triton gives each thread of a packed tile as many contiguous bytes as the pointers'
+            # known alignment allows, up to 16. At 16, a thread's V lookup yields 32 contiguous bytes
+            # of fp16 per operand, stored to shared memory as two 16-byte halves 32 bytes apart: a
+            # 2-way bank conflict on every store (qwen3.5-moe 128K under ncu: 1.08 M of 5.18 M
+            # shared-memory wavefronts, the L1 pipe 80% busy). Offsetting K and V by a zero that the
+            # compiler cannot prove a multiple of 16 (kv_len is never negative) leaves them known
+            # 8-byte aligned: 8 bytes a thread, the V stores conflict-free (26 K conflicts).
+            zero = tl.where(kv_len < 0, KV_VEC, 0)
+            p_k, p_v = p_k + zero, p_v + zero
+        # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all but
+        # the range's last): the unmasked step is ~60 instructions shorter.
+        first = kv_len - Lq + (i_m * BLOCK_M) // G
+        mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
+        for n0 in range(lo, mid, BLOCK_N):
+            b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_step(
+                n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+                w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+                KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET)
+        for n0 in range(mid, hi, BLOCK_N):
+            b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_step(
+                n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+                w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+                KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET)
 
-    b_l = tl.sum(b_lT, 0)
-    # The values' offsets: sum over keys of +-1151.5 * p |v|; then back from codes to values.
-    b_off = 1151.5 * tl.sum(b_wT, 0)
-    inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0) / cq
-    lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
-    row = (i_bh * nsplit + i_s) * M_total + o_r
-    tl.store(plse_ptr + row, lse, mask=m_r)
-    tl.store(po_ptr + row[None, :] * D + o_h[:, None], (b_aeT - b_off[None, :]) * inv_l[None, :], mask=m_r[None, :])
-    tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], (b_aoT - b_off[None, :]) * inv_l[None, :],
-             mask=m_r[None, :])
+        b_l = tl.sum(b_lT, 0)
+        # The values' offsets: sum over keys of +-1151.5 * p |v|; then back from codes to values.
+        b_off = 1151.5 * tl.sum(b_wT, 0)
+        inv_l = tl.where(b_l > 0, 1.0 / tl.maximum(b_l, 1e-30), 0.0) / cq
+        lse = tl.where(b_l > 0, b_m + tl.log2(tl.maximum(b_l, 1e-30)), float("-inf"))
+        row = (i_bh * nsplit + i_s) * M_total + o_r
+        tl.store(plse_ptr + row, lse, mask=m_r)
+        tl.store(po_ptr + row[None, :] * D + o_h[:, None], (b_aeT - b_off[None, :]) * inv_l[None, :], mask=m_r[None, :])
+        tl.store(po_ptr + row[None, :] * D + HALF + o_h[:, None], (b_aoT - b_off[None, :]) * inv_l[None, :],
+                 mask=m_r[None, :])
 
 
 @triton.jit
 def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D: tl.constexpr,
                  BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr):
     """Add splits [g0, g0 + 64) below nsplit of one row, weighted by exp2(lse - m_use), to the
-    [BLOCK_S, D] accumulator b_o: an unrolled loop, so all their loads are in flight at once."""
+    [BLOCK_S, width] accumulator b_o: an unrolled loop, so all their loads are in flight at once.
+    A split whose weight is 0 adds nothing, whatever its row holds (an empty range of a kernel
+    launched with EARLY never writes it)."""
     for s1 in tl.static_range(0, 64, BLOCK_S):
         if g0 + s1 < NS_MAX:
             o_s = g0 + s1 + tl.arange(0, BLOCK_S)
             m_s = o_s < nsplit
             p_row = row0 + o_s * M_total
             w = tl.exp2(tl.load(plse_ptr + p_row, mask=m_s, other=float("-inf")) - m_use)
-            b_o += w[:, None] * tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
+            b_p = tl.load(po_ptr + p_row[:, None] * D + o_d[None, :], mask=m_s[:, None], other=0.0)
+            b_o += tl.where(w[:, None] > 0, w[:, None] * b_p, 0.0)
     return b_o
+
+
+@triton.jit
+def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.constexpr, WIDTH: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr):
+    """Columns o_d (WIDTH of them) of one row's nsplit partials (row row0 + s * M_total of split s)
+    merged by log-sum-exp weights, and the row's merged base-2 log-sum-exp (-inf: no keys).
+
+    Its loads are as few dependent steps as possible: kv_len and all log-sum-exps at once
+    (NS_MAX >= nsplit, a power of two fixed by the launcher), then the partial rows BLOCK_S at a
+    time in an unrolled loop over NS_MAX, all in flight together; a loop over nsplit made one
+    dependent L2 round trip per step (6.8 us at 132 splits on H100). Every split stores its
+    log-sum-exp (one that holds no keys: -inf), so they need not wait for kv_len; it only says
+    which groups of 64 splits to skip. A row whose splits hold no keys merges to zeros."""
+    o_all = tl.arange(0, NS_MAX)
+    lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    w_sum = tl.sum(tl.exp2(lse - m_use), 0)
+    b_o = tl.zeros([BLOCK_S, WIDTH], tl.float32)
+    # Groups of 64 splits past the last that holds keys are skipped whole (masked loads still cost
+    # instructions: with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys,
+    # the masked unrolled loop took 2.8 us more). The first group always runs, unguarded.
+    used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))
+    b_o = _merge_group(b_o, 0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+    for g0 in tl.static_range(64, NS_MAX, 64):
+        if g0 < used:
+            b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+    o = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)
+    return o, tl.where(w_sum > 0, m_use + tl.log2(tl.maximum(w_sum, 1e-30)), float("-inf"))
+
+
+@triton.jit
+def _tq4_merge_cols_kernel(
+    po_ptr, plse_ptr, kv_len_ptr, mo_ptr, mlse_ptr, M_total, nsplit,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
+    PDL: tl.constexpr = False,
+):
+    """Merge the nsplit partials of one row, columns [c0, c0 + BLOCK_C), into mo / mlse (one
+    partial per row, for `_tq4_combine_kernel` to rotate back): the first of two merge steps where
+    splits are many. Each partial column is read once, by D / BLOCK_C times more programs than the
+    combine has.
+
+    PDL: launched while the split kernel runs, it lets the combine launch at once (to load R)
+    and waits for the partials."""
+    i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_d = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    kv_len = tl.load(kv_len_ptr).to(tl.int32)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    o, lse = _merged_row(po_ptr, plse_ptr, kv_len, i_bh * nsplit * M_total + i_r, M_total, nsplit, o_d, D, BLOCK_C,
+                         BLOCK_N, BLOCK_S, NS_MAX)
+    row = i_bh * M_total + i_r
+    tl.store(mo_ptr + row * D + o_d, o)
+    if i_c == 0:
+        tl.store(mlse_ptr + row, lse)
 
 
 @triton.jit
@@ -805,14 +871,11 @@ def _tq4_combine_kernel(
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
 
     One program per (row, batch x KV head, column chunk), so decode's few rows still spread over
-    many SMs. At short context this kernel is latency, not work, so its loads are as few dependent
-    steps as possible: kv_len and all log-sum-exps at once (NS_MAX >= nsplit, a power of two
-    fixed by the launcher), then the partial rows BLOCK_S at a time in an unrolled loop over
-    NS_MAX, all in flight together; a loop over nsplit made one dependent L2 round trip per step
-    (6.8 us at 132 splits on H100). Every split stores its partial (one that holds no keys: -inf
-    and zeros), so the log-sum-exps need not wait for kv_len; it only says which groups of 64
-    splits to skip. The partials keep the attention loop's column order (`_code_coords`), so
-    R's rows are read in that order too.
+    many SMs; at short context this kernel is latency, not work (`_merged_row`). Each program
+    merges whole rows, all D columns, for its chunk of the rotation: with hundreds of splits
+    that repeated reading is slower than merging once, by column chunks, in a kernel of its own
+    (`_tq4_merge_cols_kernel`), which leaves this one a single partial per row. The partials keep
+    the attention loop's column order (`_code_coords`), so R's rows are read in that order too.
 
     PDL: launched while the split kernel runs, it loads its chunk of R, which nothing before it
     writes, and then waits (griddepcontrol.wait) for the partials.
@@ -829,22 +892,7 @@ def _tq4_combine_kernel(
     if PDL:
         b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
         gdc_wait()
-    # The largest log-sum-exp (splits past the causal end hold -inf) and the weights' sum.
-    o_all = tl.arange(0, NS_MAX)
-    lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m_use = tl.where(m == float("-inf"), 0.0, m)
-    w_sum = tl.sum(tl.exp2(lse - m_use), 0)
-    b_o = tl.zeros([BLOCK_S, D], tl.float32)
-    # Groups of 64 splits past the last that holds keys are skipped whole (masked loads still cost
-    # instructions: with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys,
-    # the masked unrolled loop took 2.8 us more). The first group always runs, unguarded.
-    used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))
-    b_o = _merge_group(b_o, 0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
-    for g0 in tl.static_range(64, NS_MAX, 64):
-        if g0 < used:
-            b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
-    o_rot = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)  # [D]
+    o_rot, _ = _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D, D, BLOCK_N, BLOCK_S, NS_MAX)
     if not PDL:  # rotate back (loaded last: without PDL, first was slower, results/attention.md)
         b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
     b_out = tl.sum(o_rot[:, None] * b_r, 0)
@@ -941,9 +989,11 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
 # Tuning override for benchmarks and tests: a dict with any of decode (take the split-K decode
 # kernels, else prefill's scratch path), block_m, block_n, nsplit (key ranges per query tile;
 # with more than one, a merge follows), warps, stages, kv_vec (bytes of a packed row each thread
-# of decode's split kernel loads at once: 8 or 16), rotate (rows, columns, programs per column
-# chunk, warps of decode's query rotation), combine (splits per step, columns, warps, stages of
-# decode's merge), pdl (launch decode's split kernel and merge with programmatic dependent
+# of decode's split kernel loads at once: 8 or 16), early (decode's programs with an empty key
+# range exit at once), rotate (rows, columns, programs per column chunk, warps of decode's query
+# rotation), combine (splits per step, columns, warps, stages of decode's merge and rotation
+# back), merge_cols (splits per step, columns, warps of a first merge by column chunks; None:
+# none), pdl (launch decode's split kernel and merge with programmatic dependent
 # launch where the launcher may: `_use_pdl`), scratch (rows per program, columns per
 # step, warps of the prefill scratch kernel), chunk (cache rows the prefill scratch holds),
 # split_keys (cached keys per key range of a split prefill) and merge (rows per program, warps of
@@ -997,8 +1047,16 @@ def _config(M_total, S, B, H_kv, D, device):
         per_sm = 4 if statically_known_true(S > 3 * block_n * splits4) else 2
         max_splits = triton.cdiv(per_sm * sms, B * H_kv)  # independent of kv_len: a static bound for the merge
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
+        # At head_dim 256 (H200, results/attention.md): programs whose key range is empty (a partly
+        # filled cache) exit early, 4% faster with 4K cached of 128K and no slower elsewhere (at
+        # head_dim 128 0.2 us slower at 4K); and where the splits are 128 or more, their partials
+        # are merged by column chunks first (`_tq4_merge_cols_kernel`): 2-3% faster at 32K-128K,
+        # where fewer splits pay more for the extra launch than they save.
+        early = D >= 256
+        merge_cols = (16, 32, 4) if early and statically_known_true(nsplit >= 128) else None
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
-                    stages=1, maxnreg=128, kv_vec=kv_vec, rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
+                    stages=1, maxnreg=128, kv_vec=kv_vec, early=early, merge_cols=merge_cols,
+                    rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
     # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
     # not fit in shared memory), 3 below.
     bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
@@ -1103,13 +1161,22 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         q_rot, k_packed, k_norms, v_packed, v_norms, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret, PDL=pdl,
-        KV_VEC=cfg.get("kv_vec", 16), **({"launch_pdl": True} if pdl else {}),
+        KV_VEC=cfg.get("kv_vec", 16), EARLY=cfg.get("early", False), **({"launch_pdl": True} if pdl else {}),
     )
     cs, cc, cw, cst = cfg["combine"]
+    ns_max = triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])
+    if cfg.get("merge_cols"):
+        ms, mc, mw = cfg["merge_cols"]
+        mo, mlse = _partials(B * H_kv * M_total, D, dev)
+        wrap_triton(_tq4_merge_cols_kernel)[(M_total, B * H_kv, D // mc)](
+            po, plse, kv_len, mo, mlse, M_total, nsplit, D=D, BLOCK_N=cfg["block_n"], BLOCK_S=ms, BLOCK_C=mc,
+            NS_MAX=max(ms, ns_max), PDL=pdl, num_warps=mw, **({"launch_pdl": True} if pdl else {}),
+        )
+        po, plse, nsplit, ns_max = mo, mlse, 1, 1
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
         po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
         BLOCK_S=cs, BLOCK_C=cc,
-        NS_MAX=max(cs, triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])),
+        NS_MAX=max(cs, ns_max),
         PDL=pdl, num_warps=cw, num_stages=cst, **({"launch_pdl": True} if pdl else {}),
     )
     return out
