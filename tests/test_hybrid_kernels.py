@@ -413,7 +413,7 @@ def test_gpu_gated_delta_rule_matches_reference(B, T, H_k, H_v, D_k, D_v):
 @pytest.mark.parametrize("keys,decay", [("correlated", "none"), ("random", "strong")])
 def test_gpu_gated_delta_chunked_hard_cases(keys, decay):
     # Near-parallel keys at head dims 128 amplify the bf16 rounding more than the CPU case's 32 x 16:
-    # the final state's rms error is 3.22e-2 on the H200, and the same 3.22e-2 under the interpreter,
+    # the final state's rms error is 3.23e-2 on the H200 and 3.22e-2 under the interpreter,
     # which rounds the operands as the GPU does, so it is the bf16 design's, not a GPU fault.
     tol = (5e-2, 4e-2) if keys == "correlated" else (2e-2, 1e-2)
     check_gdn(gated_delta_rule_chunked, gdn_args(1, 300, 2, 4, 128, 128, device="cuda", keys=keys, decay=decay),
