@@ -842,8 +842,8 @@ def _tq4_merge_cols_kernel(
 ):
     """Merge the nsplit partials of one row, columns [c0, c0 + BLOCK_C), into mo / mlse (one
     partial per row, for `_tq4_combine_kernel` to rotate back): the first of two merge steps where
-    splits are many. Each partial column is read once, by D / BLOCK_C times more programs than the
-    combine has.
+    splits are many. Each partial column is read once, by one of D / BLOCK_C programs per row
+    (each of the combine's programs reads whole rows).
 
     PDL: launched while the split kernel runs, it lets the combine launch at once (to load R)
     and waits for the partials."""
