@@ -1151,6 +1151,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     q_rot = torch.empty((B, H_kv, M_total, D), dtype=torch.bfloat16, device=dev)
     tab = torch.empty((4,), dtype=torch.int32, device=dev)  # _code_tables: two words of codes, cq
     pdl = bool(cfg["pdl"]) and not interpret and _use_pdl(q)
+    launch_pdl = {"launch_pdl": True} if pdl else {}  # for the kernels after the rotation
     rm, rc, rp, rw = cfg["rotate"]
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc + 1)](
         q, rot, q_rot, centroids, tab, *q_strides, M_total, H_kv, scale * LOG2E,
@@ -1161,23 +1162,23 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         q_rot, k_packed, k_norms, v_packed, v_norms, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret, PDL=pdl,
-        KV_VEC=cfg.get("kv_vec", 16), EARLY=cfg.get("early", False), **({"launch_pdl": True} if pdl else {}),
+        KV_VEC=cfg.get("kv_vec", 16), EARLY=cfg.get("early", False), **launch_pdl,
     )
     cs, cc, cw, cst = cfg["combine"]
     ns_max = triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])
-    if cfg.get("merge_cols"):
+    if cfg.get("merge_cols"):  # merge by column chunks first: the combine then rotates one partial per row
         ms, mc, mw = cfg["merge_cols"]
         mo, mlse = _partials(B * H_kv * M_total, D, dev)
         wrap_triton(_tq4_merge_cols_kernel)[(M_total, B * H_kv, D // mc)](
             po, plse, kv_len, mo, mlse, M_total, nsplit, D=D, BLOCK_N=cfg["block_n"], BLOCK_S=ms, BLOCK_C=mc,
-            NS_MAX=max(ms, ns_max), PDL=pdl, num_warps=mw, **({"launch_pdl": True} if pdl else {}),
+            NS_MAX=max(ms, ns_max), PDL=pdl, num_warps=mw, **launch_pdl,
         )
         po, plse, nsplit, ns_max = mo, mlse, 1, 1
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
         po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
         BLOCK_S=cs, BLOCK_C=cc,
         NS_MAX=max(cs, ns_max),
-        PDL=pdl, num_warps=cw, num_stages=cst, **({"launch_pdl": True} if pdl else {}),
+        PDL=pdl, num_warps=cw, num_stages=cst, **launch_pdl,
     )
     return out
 
