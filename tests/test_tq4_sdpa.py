@@ -237,25 +237,53 @@ def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
 
 
 @interpreted
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "by-groups"])
 @pytest.mark.parametrize("merge", [{}, {"early": True}, {"early": True, "merge_cols": (16, 32, 4)}],
                          ids=["every-split-stores", "early-exit", "early-exit-two-step-merge"])
 @pytest.mark.parametrize("nsplit,S,kv_len", [(37, 700, 650), (100, 1700, 1590), (100, 1700, 900)])
-def test_merge_of_many_splits_some_empty(nsplit, S, kv_len, merge, monkeypatch):
-    """The merge reads its splits in an unrolled loop over a power-of-two bound, masked past
-    nsplit, and past its first 64 splits runs a group of 64 only when some split in it holds keys.
-    It reads every split's log-sum-exp without asking kv_len which hold keys: every split stores
-    one (-inf where it holds no keys), and its partial row unless it exits early; the partial
-    buffers start as NaN here, and a row that the merge did not weigh by 0 would make the output
-    NaN. 37 splits of 32 keys (several chunks of 16, the last ragged) over a 650-key cache: the
-    splits past the end hold nothing. 100 splits of 16 keys (a bound of 128, two groups): at
-    kv_len 1590 all 100 hold keys, so the second group must run; at 900 only 57 do and it is
-    skipped. Each case also with early exits, and with a first merge by column chunks."""
+def test_merge_of_many_splits_some_empty(nsplit, S, kv_len, merge, whole, monkeypatch):
+    """The merge reads its splits up to a power-of-two bound, masked past nsplit: all at once
+    (whole), or in an unrolled loop that past its first 64 splits runs a group of 64 only when
+    some split in it holds keys. It reads every split's log-sum-exp without asking kv_len which
+    hold keys: every split stores one (-inf where it holds no keys), and its partial row unless it
+    exits early; the partial buffers start as NaN here, and a row that the merge did not weigh by
+    0 would make the output NaN. 37 splits of 32 keys (several chunks of 16, the last ragged) over
+    a 650-key cache: the splits past the end hold nothing. 100 splits of 16 keys (a bound of 128,
+    two groups): at kv_len 1590 all 100 hold keys, so the second group must run; at 900 only 57
+    do and it is skipped. Each case also with early exits, and with a first merge by column
+    chunks."""
     from tq_kernels import tq4_sdpa as mod
 
     partials = mod._partials
     monkeypatch.setattr(mod, "_partials", lambda *a: tuple(t.fill_(float("nan")) for t in partials(*a)))
+    monkeypatch.setattr(mod, "_whole_merge", lambda *a: whole)
     monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"nsplit": nsplit, "block_n": 16} | merge)
     args = make_args(1, 8, 2, 1, S, kv_len, 64)
+    cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+def test_merges_load_whole_where_it_fits_in_registers():
+    """The launcher's choice for the benchmark shapes (4 warps): qwen3.5-moe's first merge step
+    over 264 splits of 32 columns loads whole; its merge at 4K (64 splits of 256 columns and a
+    256 x 64 chunk of R) would spill and goes by groups; llama's (up to 66 splits of 128 columns,
+    a 128 x 64 chunk of R) loads whole."""
+    from tq_kernels import tq4_sdpa as mod
+
+    assert mod._whole_merge(512 * 32, 4)
+    assert not mod._whole_merge(64 * 256 + 256 * 64, 4)
+    assert mod._whole_merge(128 * 128 + 128 * 64, 4)
+
+
+@interpreted
+@pytest.mark.parametrize("D,kv_len", [(128, 937), (128, 1000), (256, 650)])
+def test_decode_ranges_of_several_tiles(D, kv_len, monkeypatch):
+    """Two key ranges of several tiles each, the last one ragged: at 128-key tiles every step
+    loads the next tile's norms (masked past the range) and uses the ones the step before loaded."""
+    from tq_kernels import tq4_sdpa as mod
+
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"nsplit": 2})
+    args = make_args(1, 8, 2, 1, 1000, kv_len, D)
     cos, err = compare(tq4_sdpa_triton(*args), tq4_sdpa_reference(*args))
     assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
 

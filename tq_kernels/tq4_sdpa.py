@@ -310,16 +310,6 @@ def _code_tables(cent_ptr):
 
 
 @triton.jit
-def _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks):
-    """Packed K / V bytes [BN, D/2] of rows o_n (0 where masked) and their norms in fp32."""
-    b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-    b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-    b_kn = tl.load(p_kn + o_n, mask=m_n, other=0.0).to(tl.float32)
-    b_vn = tl.load(p_vn + o_n, mask=m_n, other=0.0).to(tl.float32)
-    return b_kb, b_vb, b_kn, b_vn
-
-
-@triton.jit
 def _prefetch_l2(ptr, nbytes):
     """Ask L2 for the nbytes at ptr (16-byte aligned, a multiple of 16): one bulk prefetch
     (sm_90), issued by thread 0 only; nothing waits for it."""
@@ -593,21 +583,38 @@ def _merge_partial(b_o, lse, po_ptr, plse_ptr, row, o_d, m_r, D: tl.constexpr):
 
 @triton.jit
 def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                 w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+                 w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn,
                  KN_BYTES: tl.constexpr, VN_BYTES: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
-                 MASK: tl.constexpr, INTERPRET: tl.constexpr):
+                 MASK: tl.constexpr, INTERPRET: tl.constexpr, NORMS_AHEAD: tl.constexpr):
     """One BLOCK_N step of the decode loop over keys [n0, n0 + BLOCK_N): returns the updated row
     max, the [BN, BM] per-element sums of probabilities and of +-p |v| (w_sign: the values'
-    offsets, below), and the accumulators. MASK: apply the end-of-range and causal masks (the
-    loop's last tiles only)."""
+    offsets, below), the accumulators, and the next tile's norms. MASK: apply the end-of-range and
+    causal masks (the loop's last tiles only).
+
+    NORMS_AHEAD: b_kn / b_vn are this tile's norms, loaded by the step before (0 past hi), and
+    this step loads the next tile's. At 128-key tiles the norms reach the scores' layout through
+    shared memory, and Triton issues V's load only after K's norms have made that trip: loaded in
+    their own step, they cost a second L2 round trip a step (ncu, llama 4K: the most sampled
+    stall of the kernel). Otherwise b_kn / b_vn are unused and each step loads its own."""
     o_n = n0 + tl.arange(0, BLOCK_N)
     m_n = o_n < hi
+    if NORMS_AHEAD:
+        m_nxt = o_n + BLOCK_N < hi
+        kn_nxt = tl.load(p_kn + o_n + BLOCK_N, mask=m_nxt, other=0.0)
+        vn_nxt = tl.load(p_vn + o_n + BLOCK_N, mask=m_nxt, other=0.0)
+    else:
+        kn_nxt, vn_nxt = b_kn, b_vn
     if MASK:
-        b_kb, b_vb, b_kn, b_vn = _packed_tile(p_k, p_v, p_kn, p_vn, o_n, m_n, o_h, stride_ks)
+        b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+        b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+        if not NORMS_AHEAD:
+            b_kn, b_vn = tl.load(p_kn + o_n, mask=m_n, other=0.0), tl.load(p_vn + o_n, mask=m_n, other=0.0)
     else:
         p_row = o_n[:, None] * stride_ks + o_h[None, :]
         b_kb, b_vb = tl.load(p_k + p_row), tl.load(p_v + p_row)
-        b_kn, b_vn = tl.load(p_kn + o_n).to(tl.float32), tl.load(p_vn + o_n).to(tl.float32)
+        if not NORMS_AHEAD:
+            b_kn, b_vn = tl.load(p_kn + o_n), tl.load(p_vn + o_n)
+    b_kn, b_vn = b_kn.to(tl.float32), b_vn.to(tl.float32)
     # The next tile's rows (contiguous: one range each for K, V and their norms) start on their
     # way to L2 while this one is computed, so its loads wait on L2, not on HBM: the loop's
     # stalls on global loads halve (ncu) and decode at 32K-128K gets 1-5% faster.
@@ -659,7 +666,7 @@ def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, 
         b_pT = b_pT.to(tl.float32)
     b_aeT = b_aeT * alpha[None, :] + tl.dot(tl.trans(b_ve), b_pT)
     b_aoT = b_aoT * alpha[None, :] + tl.dot(tl.trans(b_vo), b_pT)
-    return m_new, b_lT, b_wT, b_aeT, b_aoT
+    return m_new, b_lT, b_wT, b_aeT, b_aoT, kn_nxt, vn_nxt
 
 
 @triton.jit
@@ -763,16 +770,21 @@ def _tq4_decode_kernel(
         # the range's last): the unmasked step is ~60 instructions shorter.
         first = kv_len - Lq + (i_m * BLOCK_M) // G
         mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
+        # The first tile's norms (the steps load them one tile ahead: `_decode_step`).
+        NORMS_AHEAD: tl.constexpr = BLOCK_N >= 128
+        o_n = lo + tl.arange(0, BLOCK_N)
+        b_kn = tl.load(p_kn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
+        b_vn = tl.load(p_vn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
         for n0 in range(lo, mid, BLOCK_N):
-            b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_step(
+            b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
                 n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
-                KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET)
+                w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn,
+                KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET, NORMS_AHEAD)
         for n0 in range(mid, hi, BLOCK_N):
-            b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_step(
+            b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
                 n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
-                KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET)
+                w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn,
+                KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, NORMS_AHEAD)
 
         b_l = tl.sum(b_lT, 0)
         # The values' offsets: sum over keys of +-1151.5 * p |v|; then back from codes to values.
@@ -806,31 +818,44 @@ def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, pl
 
 @triton.jit
 def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.constexpr, WIDTH: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr, WHOLE: tl.constexpr):
     """Columns o_d (WIDTH of them) of one row's nsplit partials (row row0 + s * M_total of split s)
     merged by log-sum-exp weights, and the row's merged base-2 log-sum-exp (-inf: no keys).
 
-    Its loads are as few dependent steps as possible: kv_len and all log-sum-exps at once
-    (NS_MAX >= nsplit, a power of two fixed by the launcher), then the partial rows BLOCK_S at a
-    time in an unrolled loop over NS_MAX, all in flight together; a loop over nsplit made one
-    dependent L2 round trip per step (6.8 us at 132 splits on H100). Every split stores its
-    log-sum-exp (one that holds no keys: -inf), so they need not wait for kv_len; it only says
-    which groups of 64 splits to skip. A row whose splits hold no keys merges to zeros."""
+    Its loads are as few dependent steps as possible (NS_MAX >= nsplit, a power of two fixed by
+    the launcher). WHOLE: the [NS_MAX, WIDTH] partials and the log-sum-exps are loaded at once,
+    one dependent step, and merged after; the launcher takes it where that tile fits in registers
+    (`_whole_merge`). Otherwise kv_len and all log-sum-exps come first, then the partial rows
+    BLOCK_S at a time in an unrolled loop over NS_MAX, all in flight together, but only after the
+    log-sum-exps' maximum (a barrier) and one step per group of 64 splits (each group is a branch
+    on kv_len); a loop over nsplit made one dependent L2 round trip per step (6.8 us at 132 splits
+    on H100). Every split stores its log-sum-exp (one that holds no keys: -inf), so they need not
+    wait for kv_len, and a split whose weight is 0 adds nothing (`_merge_group`). A row whose
+    splits hold no keys merges to zeros."""
     o_all = tl.arange(0, NS_MAX)
-    lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
+    p_all = row0 + o_all * M_total
+    if WHOLE:
+        b_p = tl.load(po_ptr + p_all[:, None] * D + o_d[None, :], mask=(o_all < nsplit)[:, None], other=0.0)
+    lse = tl.load(plse_ptr + p_all, mask=o_all < nsplit, other=float("-inf"))
     m = tl.max(lse, 0)
     m_use = tl.where(m == float("-inf"), 0.0, m)
-    w_sum = tl.sum(tl.exp2(lse - m_use), 0)
-    b_o = tl.zeros([BLOCK_S, WIDTH], tl.float32)
-    # Groups of 64 splits past the last that holds keys are skipped whole (masked loads still cost
-    # instructions: with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64 hold keys,
-    # the masked unrolled loop took 2.8 us more). The first group always runs, unguarded.
-    used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))
-    b_o = _merge_group(b_o, 0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
-    for g0 in tl.static_range(64, NS_MAX, 64):
-        if g0 < used:
-            b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
-    o = tl.sum(b_o, 0) * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)
+    if WHOLE:
+        w = tl.exp2(lse - m_use)
+        w_sum = tl.sum(w, 0)
+        o = tl.sum(tl.where(w[:, None] > 0, w[:, None] * b_p, 0.0), 0)
+    else:
+        w_sum = tl.sum(tl.exp2(lse - m_use), 0)
+        b_o = tl.zeros([BLOCK_S, WIDTH], tl.float32)
+        # Groups of 64 splits past the last that holds keys are skipped whole (masked loads still
+        # cost instructions: with 4K cached in a 128K qwen3.5-moe cache, 132 splits of which 64
+        # hold keys, the masked unrolled loop took 2.8 us more). The first group always runs.
+        used = tl.cdiv(kv_len, tl.maximum(_split_len(kv_len, nsplit, BLOCK_N), 1))
+        b_o = _merge_group(b_o, 0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+        for g0 in tl.static_range(64, NS_MAX, 64):
+            if g0 < used:
+                b_o = _merge_group(b_o, g0, nsplit, row0, M_total, m_use, po_ptr, plse_ptr, o_d, D, BLOCK_S, NS_MAX)
+        o = tl.sum(b_o, 0)
+    o = o * tl.where(w_sum > 0, 1.0 / tl.maximum(w_sum, 1e-30), 0.0)
     return o, tl.where(w_sum > 0, m_use + tl.log2(tl.maximum(w_sum, 1e-30)), float("-inf"))
 
 
@@ -838,7 +863,7 @@ def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.cons
 def _tq4_merge_cols_kernel(
     po_ptr, plse_ptr, kv_len_ptr, mo_ptr, mlse_ptr, M_total, nsplit,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, WHOLE: tl.constexpr = False,
 ):
     """Merge the nsplit partials of one row, columns [c0, c0 + BLOCK_C), into mo / mlse (one
     partial per row, for `_tq4_combine_kernel` to rotate back): the first of two merge steps where
@@ -854,7 +879,7 @@ def _tq4_merge_cols_kernel(
         gdc_launch_dependents()
         gdc_wait()
     o, lse = _merged_row(po_ptr, plse_ptr, kv_len, i_bh * nsplit * M_total + i_r, M_total, nsplit, o_d, D, BLOCK_C,
-                         BLOCK_N, BLOCK_S, NS_MAX)
+                         BLOCK_N, BLOCK_S, NS_MAX, WHOLE)
     row = i_bh * M_total + i_r
     tl.store(mo_ptr + row * D + o_d, o)
     if i_c == 0:
@@ -865,7 +890,7 @@ def _tq4_merge_cols_kernel(
 def _tq4_combine_kernel(
     po_ptr, plse_ptr, rot_ptr, kv_len_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    NS_MAX: tl.constexpr, PDL: tl.constexpr = False,
+    NS_MAX: tl.constexpr, PDL: tl.constexpr = False, WHOLE: tl.constexpr = False,
 ):
     """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
@@ -878,7 +903,8 @@ def _tq4_combine_kernel(
     the attention loop's column order (`_code_coords`), so R's rows are read in that order too.
 
     PDL: launched while the split kernel runs, it loads its chunk of R, which nothing before it
-    writes, and then waits (griddepcontrol.wait) for the partials.
+    writes, and then waits (griddepcontrol.wait) for the partials. WHOLE (`_merged_row`): R's chunk
+    is loaded first too, with or without PDL, so all of the program's loads are in flight at once.
     """
     HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -889,11 +915,13 @@ def _tq4_combine_kernel(
     # Column j of the partials is coordinate _code_coords(j) (j < D/2), or that of j - D/2 plus 4.
     r_row = _code_coords(o_d % HALF) + tl.where(o_d < HALF, 0, 4)
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    if PDL:
+    if PDL or WHOLE:
         b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
+    if PDL:
         gdc_wait()
-    o_rot, _ = _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D, D, BLOCK_N, BLOCK_S, NS_MAX)
-    if not PDL:  # rotate back (loaded last: without PDL, first was slower, results/attention.md)
+    o_rot, _ = _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D, D, BLOCK_N, BLOCK_S, NS_MAX,
+                           WHOLE)
+    if not (PDL or WHOLE):  # rotate back (loaded last: first was slower here, results/attention.md)
         b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
     b_out = tl.sum(o_rot[:, None] * b_r, 0)
     tl.store(out_ptr + i_b * stride_ob + (i_kvh * G + i_r % G) * stride_oh + (i_r // G) * stride_ol + o_c,
@@ -1015,13 +1043,14 @@ def _config(M_total, S, B, H_kv, D, device):
     # and 8 warps (4 spill), below 32 columns and 4 warps (H100 sweep, results/attention.md).
     # A split prefill uses one key range per 1024 cached keys; its merge takes 32 rows per program.
     # The scratch holds whole 1024-row blocks within SCRATCH_BYTES (K and V, bf16).
-    # At head_dim 256 decode's kernels launch with programmatic dependent launch where they may
-    # (`_use_pdl`): the split kernel prefetches its first tile instead of waiting out the
-    # rotation's launch boundary, and the merge loads R while the split kernel runs: 5-9% faster
-    # in every decode case on the H200. At head_dim 128 it was 0.2-0.3 us slower at 4K and the
-    # merge loading R first slower still (results/attention.md), so smaller heads launch plainly.
+    # Decode's kernels launch with programmatic dependent launch where they may (`_use_pdl`): the
+    # split kernel prefetches its first tile instead of waiting out the rotation's launch boundary,
+    # and the merge loads R while the split kernel runs: 5-9% faster in every qwen3.5-moe decode
+    # case on the H200. At head_dim 128 that merge was 1.5 us slower at 4K until it loaded its
+    # partials in one step (`_whole_merge`); with that, PDL is as fast at 4K and 1-15% faster at
+    # 32K-128K (results/attention.md).
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
-                  combine=(16, 64, 4, 1), pdl=D >= 256,
+                  combine=(16, 64, 4, 1), pdl=True,
                   chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
     if statically_known_true(M_total <= 16):  # measured best on H100 (scripts/bench_attention.py --sweep)
         # The split kernel (computed transposed: the keys are the MMA's M) with one pipeline stage,
@@ -1088,6 +1117,15 @@ def _decode_launch(warps, stages, maxnreg):
     runs the kernel with the registers measured here."""
     config = triton.Config({}, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
     return triton.autotune(configs=[config], key=[])(_tq4_decode_kernel)
+
+
+def _whole_merge(values, warps) -> bool:
+    """Whether a merge program loads all its partials (and R's chunk: `values` fp32 in all) at once
+    (`_merged_row`'s WHOLE): where they fit in 192 registers a thread. One dependent step instead
+    of one per group of 64 splits: the first merge step at qwen3.5-moe 128K 4.3 -> 2.9 us, and llama's
+    merge 0.3-0.5 us shorter at 32K-128K (H200). At 256 a thread (qwen3.5-moe's merge at 4K: 64
+    splits of 256 columns and a 64 KB chunk of R) they spill, and it is 0.4 us slower than by groups."""
+    return values <= 192 * 32 * warps
 
 
 def _partials(rows, D, dev):
@@ -1169,16 +1207,17 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     if cfg.get("merge_cols"):  # merge by column chunks first: the combine then rotates one partial per row
         ms, mc, mw = cfg["merge_cols"]
         mo, mlse = _partials(B * H_kv * M_total, D, dev)
+        ns_max = max(ms, ns_max)
         wrap_triton(_tq4_merge_cols_kernel)[(M_total, B * H_kv, D // mc)](
             po, plse, kv_len, mo, mlse, M_total, nsplit, D=D, BLOCK_N=cfg["block_n"], BLOCK_S=ms, BLOCK_C=mc,
-            NS_MAX=max(ms, ns_max), PDL=pdl, num_warps=mw, **launch_pdl,
+            NS_MAX=ns_max, PDL=pdl, WHOLE=_whole_merge(ns_max * mc, mw), num_warps=mw, **launch_pdl,
         )
         po, plse, nsplit, ns_max = mo, mlse, 1, 1
+    ns_max = max(cs, ns_max)
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
         po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
-        BLOCK_S=cs, BLOCK_C=cc,
-        NS_MAX=max(cs, ns_max),
-        PDL=pdl, num_warps=cw, num_stages=cst, **launch_pdl,
+        BLOCK_S=cs, BLOCK_C=cc, NS_MAX=ns_max, PDL=pdl, WHOLE=_whole_merge(ns_max * D + D * cc, cw),
+        num_warps=cw, num_stages=cst, **launch_pdl,
     )
     return out
 
