@@ -1047,8 +1047,8 @@ def _config(M_total, S, B, H_kv, D, device):
     # split kernel prefetches its first tile instead of waiting out the rotation's launch boundary,
     # and the merge loads R while the split kernel runs: 5-9% faster in every qwen3.5-moe decode
     # case on the H200. At head_dim 128 that merge was 1.5 us slower at 4K until it loaded its
-    # partials in one step (`_whole_merge`); with that, PDL is as fast at 4K and 1-15% faster at
-    # 32K-128K (results/attention.md).
+    # partials in one step (`_whole_merge`); with that, PDL is as fast at 4K, 1% faster at
+    # 32K-128K and 12% with 4K cached of 128K (results/attention.md).
     common = dict(scratch=(64, 64, 8) if D == 256 else (64, 32, 4), split_keys=1024, merge=(32, 4),
                   combine=(16, 64, 4, 1), pdl=True,
                   chunk=max(1024, SCRATCH_BYTES // (2 * B * H_kv * D * 2) // 1024 * 1024))
