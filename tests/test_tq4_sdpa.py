@@ -289,6 +289,34 @@ def test_decode_ranges_of_several_tiles(D, kv_len, monkeypatch):
 
 
 @interpreted
+@pytest.mark.parametrize("D,Lq,kv_len", [(128, 1, 300), (256, 1, 257), (64, 2, 200)])
+def test_one_tile_ranges_match_the_loop(D, Lq, kv_len, monkeypatch):
+    """Where the split count covers the cache, every key range is one tile, loaded before the
+    prologue (ONE_TILE): the same output as the loop over the same ranges, to the bit, ranges
+    past kv_len included. The launcher takes it for 4K caches at both benchmark shapes, not for
+    32K or 128K ones, not when fewer splits leave ranges of several tiles, and not for 16-row
+    query tiles (see `_one_tile`)."""
+    from tq_kernels import tq4_sdpa as mod
+
+    cpu = torch.device("cpu")
+    assert mod._one_tile(300, mod._config(Lq * 4, 300, 2, 2, D, cpu))
+    assert not mod._one_tile(300, mod._config(12, 300, 2, 2, D, cpu))  # block_m 16
+    args = make_args(2, 8, 2, Lq, 300, kv_len, D)
+    one = tq4_sdpa_triton(*args)
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"one_tile": False})
+    assert torch.equal(one, tq4_sdpa_triton(*args))
+    cos, err = compare(one, tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", None)
+    for G, H_kv, D in [(8, 2, 256), (4, 8, 128)]:  # qwen3.5-moe, llama
+        assert mod._one_tile(4096, mod._config(G, 4096, 1, H_kv, D, cpu))
+        assert not mod._one_tile(32768, mod._config(G, 32768, 1, H_kv, D, cpu))
+        assert not mod._one_tile(131072, mod._config(G, 131072, 1, H_kv, D, cpu))
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"nsplit": 2})
+    assert not mod._one_tile(300, mod._config(4, 300, 2, 2, 128, cpu))
+
+
+@interpreted
 @pytest.mark.parametrize("kv_len", [1999, 300])
 def test_split_decode_over_long_cache_matches_reference(kv_len):
     # Decode with S large enough that the sequence is split over many programs; at kv_len 300

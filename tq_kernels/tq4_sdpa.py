@@ -339,6 +339,21 @@ def _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh
 
 
 @triton.jit
+def _kv_vec_aligned(p_k, p_v, kv_len, KV_VEC: tl.constexpr):
+    """p_k, p_v, known aligned to KV_VEC bytes only (below 16). Triton gives each thread of a
+    packed tile as many contiguous bytes as the pointers' known alignment allows, up to 16. At 16,
+    a thread's V lookup yields 32 contiguous bytes of fp16 per operand, stored to shared memory as
+    two 16-byte halves 32 bytes apart: a 2-way bank conflict on every store (qwen3.5-moe 128K
+    under ncu: 1.08 M of 5.18 M shared-memory wavefronts, the L1 pipe 80% busy). Offsetting K and
+    V by a zero that the compiler cannot prove a multiple of 16 (kv_len is never negative) leaves
+    them known 8-byte aligned: 8 bytes a thread, the V stores conflict-free (26 K conflicts)."""
+    if KV_VEC < 16:
+        zero = tl.where(kv_len < 0, KV_VEC, 0)
+        p_k, p_v = p_k + zero, p_v + zero
+    return p_k, p_v
+
+
+@triton.jit
 def _bf16_bits(x):
     """The 16 bits of finite fp32 x rounded to bf16 (to nearest even, as torch rounds), in an
     int32; integer arithmetic, because the interpreter's own conversion truncates."""
@@ -583,9 +598,9 @@ def _merge_partial(b_o, lse, po_ptr, plse_ptr, row, o_d, m_r, D: tl.constexpr):
 
 @triton.jit
 def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                 w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn,
+                 w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, b_kb0, b_vb0,
                  KN_BYTES: tl.constexpr, VN_BYTES: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
-                 MASK: tl.constexpr, INTERPRET: tl.constexpr, NORMS_AHEAD: tl.constexpr):
+                 MASK: tl.constexpr, INTERPRET: tl.constexpr, NORMS_AHEAD: tl.constexpr, LOADED: tl.constexpr = False):
     """One BLOCK_N step of the decode loop over keys [n0, n0 + BLOCK_N): returns the updated row
     max, the [BN, BM] per-element sums of probabilities and of +-p |v| (w_sign: the values'
     offsets, below), the accumulators, and the next tile's norms. MASK: apply the end-of-range and
@@ -595,7 +610,10 @@ def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, 
     this step loads the next tile's. At 128-key tiles the norms reach the scores' layout through
     shared memory, and Triton issues V's load only after K's norms have made that trip: loaded in
     their own step, they cost a second L2 round trip a step (ncu, llama 4K: the most sampled
-    stall of the kernel). Otherwise b_kn / b_vn are unused and each step loads its own."""
+    stall of the kernel). Otherwise b_kn / b_vn are unused and each step loads its own.
+
+    LOADED: the tile's packed rows (b_kb0, b_vb0) and norms (b_kn, b_vn) come loaded already
+    (`_tq4_decode_kernel`'s ONE_TILE); otherwise b_kb0 / b_vb0 are unused."""
     o_n = n0 + tl.arange(0, BLOCK_N)
     m_n = o_n < hi
     if NORMS_AHEAD:
@@ -604,7 +622,9 @@ def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, 
         vn_nxt = tl.load(p_vn + o_n + BLOCK_N, mask=m_nxt, other=0.0)
     else:
         kn_nxt, vn_nxt = b_kn, b_vn
-    if MASK:
+    if LOADED:
+        b_kb, b_vb = b_kb0, b_vb0
+    elif MASK:
         b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
         b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
         if not NORMS_AHEAD:
@@ -675,6 +695,7 @@ def _tq4_decode_kernel(
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, Lq, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERPRET: tl.constexpr, PDL: tl.constexpr = False, KV_VEC: tl.constexpr = 16, EARLY: tl.constexpr = False,
+    ONE_TILE: tl.constexpr = False,
 ):
     """Split-K decode, computed transposed: the scores of one cache chunk as K q^T ([BN, BM]) and
     the output as V^T P^T ([D/2, BM] per half), partials to po/plse for _tq4_combine_kernel, their
@@ -694,8 +715,10 @@ def _tq4_decode_kernel(
     loading the rotated query and the codebook tables; it lets the merge launch at once too.
 
     KV_VEC: bytes of a packed row each thread loads at once (16, or 8 to keep the stores of the
-    looked-up V tiles free of bank conflicts; see where it is applied). EARLY: a program whose key
-    range is empty skips the query, the tables and the loop (see where it is applied).
+    looked-up V tiles free of bank conflicts: `_kv_vec_aligned`). EARLY: a program whose key range
+    is empty skips the query, the tables and the loop (see where it is applied). ONE_TILE: the
+    launcher's split count covers the cache (S <= nsplit x BLOCK_N, and kv_len <= S), so every
+    range is at most one tile: the program loads it first and runs one step, no loop.
     """
     HALF: tl.constexpr = D // 2
     # The split is the grid's slowest axis: the GPU hands out programs in grid order, so the
@@ -716,12 +739,23 @@ def _tq4_decode_kernel(
     if EARLY and (lo >= hi):
         tl.store(plse_ptr + (i_bh * nsplit + i_s) * M_total + o_r, float("-inf"), mask=m_r)
     else:
-        if PDL:
+        if PDL or ONE_TILE:
             p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
                                                          stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
                                                          KN_BYTES, VN_BYTES)
+        if PDL:
             gdc_launch_dependents()
-            if prefetch & (lo + BLOCK_N <= hi):  # the first tile, while the rotation finishes
+        if ONE_TILE:
+            # The range's only tile goes to registers before anything waits (on the rotation, then
+            # on the query and the tables): its round trip overlaps theirs instead of following them.
+            p_k, p_v = _kv_vec_aligned(p_k, p_v, kv_len, KV_VEC)
+            o_n = lo + tl.arange(0, BLOCK_N)
+            m_n = o_n < hi
+            b_kb0 = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+            b_vb0 = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+            b_kn, b_vn = tl.load(p_kn + o_n, mask=m_n, other=0.0), tl.load(p_vn + o_n, mask=m_n, other=0.0)
+        if PDL:
+            if (not ONE_TILE) and prefetch & (lo + BLOCK_N <= hi):  # the first tile, while the rotation finishes
                 _prefetch_l2(p_k + lo * stride_ks, BLOCK_N * stride_ks)
                 _prefetch_l2(p_v + lo * stride_ks, BLOCK_N * stride_ks)
                 _prefetch_l2(p_kn + lo, BLOCK_N * KN_BYTES)
@@ -752,39 +786,37 @@ def _tq4_decode_kernel(
         b_wT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
         b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
-        if not PDL:  # (here, not above: ptxas then allocates the loop with ~50 fewer register copies a step)
-            p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
-                                                         stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
-                                                         KN_BYTES, VN_BYTES)
-        if KV_VEC < 16:
-            # Triton gives each thread of a packed tile as many contiguous bytes as the pointers'
-            # known alignment allows, up to 16. At 16, a thread's V lookup yields 32 contiguous bytes
-            # of fp16 per operand, stored to shared memory as two 16-byte halves 32 bytes apart: a
-            # 2-way bank conflict on every store (qwen3.5-moe 128K under ncu: 1.08 M of 5.18 M
-            # shared-memory wavefronts, the L1 pipe 80% busy). Offsetting K and V by a zero that the
-            # compiler cannot prove a multiple of 16 (kv_len is never negative) leaves them known
-            # 8-byte aligned: 8 bytes a thread, the V stores conflict-free (26 K conflicts).
-            zero = tl.where(kv_len < 0, KV_VEC, 0)
-            p_k, p_v = p_k + zero, p_v + zero
-        # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all but
-        # the range's last): the unmasked step is ~60 instructions shorter.
-        first = kv_len - Lq + (i_m * BLOCK_M) // G
-        mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
-        # The first tile's norms (the steps load them one tile ahead: `_decode_step`).
-        NORMS_AHEAD: tl.constexpr = BLOCK_N >= 128
-        o_n = lo + tl.arange(0, BLOCK_N)
-        b_kn = tl.load(p_kn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
-        b_vn = tl.load(p_vn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
-        for n0 in range(lo, mid, BLOCK_N):
-            b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
-                n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn,
-                KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET, NORMS_AHEAD)
-        for n0 in range(mid, hi, BLOCK_N):
-            b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
-                n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn,
-                KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, NORMS_AHEAD)
+        if ONE_TILE:
+            if lo < hi:
+                b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
+                    lo, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+                    w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, b_kb0, b_vb0,
+                    KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, False, True)
+        else:
+            if not PDL:  # (here, not above: ptxas then allocates the loop with ~50 fewer register copies a step)
+                p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
+                                                             stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
+                                                             KN_BYTES, VN_BYTES)
+            p_k, p_v = _kv_vec_aligned(p_k, p_v, kv_len, KV_VEC)
+            # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all
+            # but the range's last): the unmasked step is ~60 instructions shorter.
+            first = kv_len - Lq + (i_m * BLOCK_M) // G
+            mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
+            # The first tile's norms (the steps load them one tile ahead: `_decode_step`).
+            NORMS_AHEAD: tl.constexpr = BLOCK_N >= 128
+            o_n = lo + tl.arange(0, BLOCK_N)
+            b_kn = tl.load(p_kn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
+            b_vn = tl.load(p_vn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
+            for n0 in range(lo, mid, BLOCK_N):
+                b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
+                    n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+                    w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, 0, 0,
+                    KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET, NORMS_AHEAD)
+            for n0 in range(mid, hi, BLOCK_N):
+                b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
+                    n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+                    w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, 0, 0,
+                    KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, NORMS_AHEAD)
 
         b_l = tl.sum(b_lT, 0)
         # The values' offsets: sum over keys of +-1151.5 * p |v|; then back from codes to values.
@@ -1100,6 +1132,22 @@ def _config(M_total, S, B, H_kv, D, device):
         CONFIG_OVERRIDE or {})
 
 
+def _one_tile(S, cfg) -> bool:
+    """Whether decode's split count covers a cache of S rows, so that every key range is at most one
+    tile (the split kernel's ONE_TILE; caches up to 4-8K rows at the benchmark shapes). Its tile is
+    then loaded before the prologue waits on anything: 0.2-0.3 us (3%) faster at 4K for both head
+    layouts on H200. Peeling the first tile that way in ranges of several tiles made their loop
+    1-2% slower (results/attention.md). cfg's one_tile=False turns it off (tests).
+
+    Only at 8 query rows (mma.sync): at 16 (L_q > 1 with GQA, where Triton takes wgmma) this
+    kernel compiled by Triton 3.6 stores past its shared memory (compute-sanitizer on the H200:
+    out-of-range shared addresses at the P V dot) and faults."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return (cfg.get("one_tile", True) and cfg["block_m"] == 8
+            and statically_known_true(S <= cfg["nsplit"] * cfg["block_n"]))
+
+
 def _use_pdl(q) -> bool:
     """Whether decode's kernels may be launched with programmatic dependent launch (PDL: a kernel
     starts while the one before it runs and waits where it reads its results, griddepcontrol on
@@ -1202,7 +1250,8 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         q_rot, k_packed, k_norms, v_packed, v_norms, tab, kv_len, po, plse,
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret, PDL=pdl,
-        KV_VEC=cfg.get("kv_vec", 16), EARLY=cfg.get("early", False), **launch_pdl,
+        KV_VEC=cfg.get("kv_vec", 16), EARLY=cfg.get("early", False), ONE_TILE=_one_tile(S, cfg),
+        **launch_pdl,
     )
     cs, cc, cw, cst = cfg["combine"]
     ns_max = triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])
