@@ -1135,9 +1135,9 @@ def _config(M_total, S, B, H_kv, D, device):
 def _one_tile(S, cfg) -> bool:
     """Whether decode's split count covers a cache of S rows, so that every key range is at most one
     tile (the split kernel's ONE_TILE; caches up to 4-8K rows at the benchmark shapes). Its tile is
-    then loaded before the prologue waits on anything: 0.2-0.3 us (3%) faster at 4K for both head
-    layouts on H200. Peeling the first tile that way in ranges of several tiles made their loop
-    1-2% slower (results/attention.md). cfg's one_tile=False turns it off (tests).
+    then loaded before the prologue waits on anything: at 4K on the H200, qwen3.5-moe 9.9 -> 9.0
+    us, llama 9.3 -> 8.8. Peeling the first tile that way in ranges of several tiles made their
+    loop 1-3% slower at 32K-128K (results/attention.md). cfg's one_tile=False turns it off (tests).
 
     Only at 8 query rows (mma.sync): at 16 (L_q > 1 with GQA, where Triton takes wgmma) this
     kernel compiled by Triton 3.6 stores past its shared memory (compute-sanitizer on the H200:
