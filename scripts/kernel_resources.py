@@ -48,7 +48,8 @@ def compile_decode(G, D, block_m, block_n, warps, stages, maxnreg=None, pdl=True
     launcher = mod._config(G, 131072, 1, 1, D, torch.device("cpu"))
     kv_vec = kv_vec or launcher["kv_vec"]
     consts = dict(G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, INTERPRET=False, Lq=1, PDL=pdl, KV_VEC=kv_vec,
-                  EARLY=launcher["early"], ONE_TILE=False)  # a 128K cache: ranges of many tiles
+                  EARLY=launcher["early"],  # a 128K cache: ranges of many tiles
+                  ONE_TILE=False, SHORT=mod._short_ranges(131072, launcher))
     signature = {name: ("constexpr" if name in consts else POINTERS.get(name, "i32")) for name in kernel.arg_names}
     aligned = [*POINTERS, "stride_kb", "stride_kh", "stride_ks", "stride_nb", "stride_nh"]
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}

@@ -317,6 +317,29 @@ def test_one_tile_ranges_match_the_loop(D, Lq, kv_len, monkeypatch):
 
 
 @interpreted
+@pytest.mark.parametrize("D,kv_len", [(128, 300), (256, 200), (128, 1000)])
+def test_short_ranges_of_a_long_cache_match_the_loop(D, kv_len, monkeypatch):
+    """A cache longer than its splits cover (4 splits of 2048 rows here) decides on the device
+    (SHORT): at kv_len 300 / 200 every range holds at most one tile and runs as `_one_tile` does,
+    at 1000 each holds two and runs the loop. Either way the same output as the loop alone, to
+    the bit. The launcher asks for it at head_dim 256 only (measured faster there, not at 128)."""
+    from tq_kernels import tq4_sdpa as mod
+
+    cpu = torch.device("cpu")
+    for G, H_kv, hd, short in [(8, 2, 256, True), (4, 8, 128, False)]:  # qwen3.5-moe, llama at 128K
+        assert mod._short_ranges(131072, mod._config(G, 131072, 1, H_kv, hd, cpu)) == short
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"nsplit": 4, "short": True})
+    cfg = mod._config(4, 2048, 1, 2, D, cpu)
+    assert mod._short_ranges(2048, cfg) and not mod._one_tile(2048, cfg)
+    args = make_args(1, 8, 2, 1, 2048, kv_len, D)
+    short = tq4_sdpa_triton(*args)
+    monkeypatch.setattr(mod, "CONFIG_OVERRIDE", {"nsplit": 4, "short": False})
+    assert torch.equal(short, tq4_sdpa_triton(*args))
+    cos, err = compare(short, tq4_sdpa_reference(*args))
+    assert cos >= 0.999 and err <= 2e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
+
+
+@interpreted
 @pytest.mark.parametrize("kv_len", [1999, 300])
 def test_split_decode_over_long_cache_matches_reference(kv_len):
     # Decode with S large enough that the sequence is split over many programs; at kv_len 300

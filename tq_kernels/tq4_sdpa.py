@@ -690,12 +690,41 @@ def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, 
 
 
 @triton.jit
+def _decode_loop(lo, hi, kv_len, Lq, i_m, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1,
+                 v_flip, v_high, w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+                 KN_BYTES: tl.constexpr, VN_BYTES: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, HALF: tl.constexpr, INTERPRET: tl.constexpr):
+    """The split kernel's key loop over [lo, hi): `_decode_step` a tile at a time; returns the
+    row max, the per-element sums and the accumulators."""
+    # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all
+    # but the range's last): the unmasked step is ~60 instructions shorter.
+    first = kv_len - Lq + (i_m * BLOCK_M) // G
+    mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
+    # The first tile's norms (the steps load them one tile ahead: `_decode_step`).
+    NORMS_AHEAD: tl.constexpr = BLOCK_N >= 128
+    o_n = lo + tl.arange(0, BLOCK_N)
+    b_kn = tl.load(p_kn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
+    b_vn = tl.load(p_vn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
+    for n0 in range(lo, mid, BLOCK_N):
+        b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
+            n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+            w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, 0, 0,
+            KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET, NORMS_AHEAD)
+    for n0 in range(mid, hi, BLOCK_N):
+        b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
+            n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
+            w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, 0, 0,
+            KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, NORMS_AHEAD)
+    return b_m, b_lT, b_wT, b_aeT, b_aoT
+
+
+@triton.jit
 def _tq4_decode_kernel(
     qr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, tab_ptr, kv_len_ptr, po_ptr, plse_ptr,
     stride_kb, stride_kh, stride_ks, stride_nb, stride_nh, Lq, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERPRET: tl.constexpr, PDL: tl.constexpr = False, KV_VEC: tl.constexpr = 16, EARLY: tl.constexpr = False,
-    ONE_TILE: tl.constexpr = False,
+    ONE_TILE: tl.constexpr = False, SHORT: tl.constexpr = False,
 ):
     """Split-K decode, computed transposed: the scores of one cache chunk as K q^T ([BN, BM]) and
     the output as V^T P^T ([D/2, BM] per half), partials to po/plse for _tq4_combine_kernel, their
@@ -739,18 +768,19 @@ def _tq4_decode_kernel(
     if EARLY and (lo >= hi):
         tl.store(plse_ptr + (i_bh * nsplit + i_s) * M_total + o_r, float("-inf"), mask=m_r)
     else:
-        if PDL or ONE_TILE:
+        one = hi - lo <= BLOCK_N  # a range of one tile (under ONE_TILE, every range)
+        if PDL or ONE_TILE or SHORT:
             p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
                                                          stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
                                                          KN_BYTES, VN_BYTES)
         if PDL:
             gdc_launch_dependents()
-        if ONE_TILE:
-            # The range's only tile goes to registers before anything waits (on the rotation, then
-            # on the query and the tables): its round trip overlaps theirs instead of following them.
+        if ONE_TILE or SHORT:
+            # A range's only tile goes to registers before anything waits (on the rotation, then on
+            # the query and the tables): its round trip overlaps theirs instead of following them.
             p_k, p_v = _kv_vec_aligned(p_k, p_v, kv_len, KV_VEC)
             o_n = lo + tl.arange(0, BLOCK_N)
-            m_n = o_n < hi
+            m_n = (o_n < hi) & one
             b_kb0 = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
             b_vb0 = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
             b_kn, b_vn = tl.load(p_kn + o_n, mask=m_n, other=0.0), tl.load(p_vn + o_n, mask=m_n, other=0.0)
@@ -792,32 +822,28 @@ def _tq4_decode_kernel(
                     lo, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
                     w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, b_kb0, b_vb0,
                     KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, False, True)
+        elif SHORT:  # (a partly filled long cache: its ranges hold one tile until kv_len reaches nsplit tiles)
+            if one:
+                if lo < hi:
+                    b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
+                        lo, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip,
+                        v_high, w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, b_kb0,
+                        b_vb0, KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, False, True)
+            else:
+                b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_loop(
+                    lo, hi, kv_len, Lq, i_m, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1,
+                    v_flip, v_high, w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+                    KN_BYTES, VN_BYTES, G, BLOCK_M, BLOCK_N, HALF, INTERPRET)
         else:
             if not PDL:  # (here, not above: ptxas then allocates the loop with ~50 fewer register copies a step)
                 p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
                                                              stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
                                                              KN_BYTES, VN_BYTES)
             p_k, p_v = _kv_vec_aligned(p_k, p_v, kv_len, KV_VEC)
-            # Whole tiles at or before the tile's first query position need no mask (at L_q = 1, all
-            # but the range's last): the unmasked step is ~60 instructions shorter.
-            first = kv_len - Lq + (i_m * BLOCK_M) // G
-            mid = tl.maximum(lo, lo + (tl.minimum(hi, first + 1) - lo) // BLOCK_N * BLOCK_N)
-            # The first tile's norms (the steps load them one tile ahead: `_decode_step`).
-            NORMS_AHEAD: tl.constexpr = BLOCK_N >= 128
-            o_n = lo + tl.arange(0, BLOCK_N)
-            b_kn = tl.load(p_kn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
-            b_vn = tl.load(p_vn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
-            for n0 in range(lo, mid, BLOCK_N):
-                b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
-                    n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                    w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, 0, 0,
-                    KN_BYTES, VN_BYTES, BLOCK_N, HALF, False, INTERPRET, NORMS_AHEAD)
-            for n0 in range(mid, hi, BLOCK_N):
-                b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
-                    n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                    w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, 0, 0,
-                    KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, NORMS_AHEAD)
-
+            b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_loop(
+                lo, hi, kv_len, Lq, i_m, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1,
+                v_flip, v_high, w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
+                KN_BYTES, VN_BYTES, G, BLOCK_M, BLOCK_N, HALF, INTERPRET)
         b_l = tl.sum(b_lT, 0)
         # The values' offsets: sum over keys of +-1151.5 * p |v|; then back from codes to values.
         b_off = 1151.5 * tl.sum(b_wT, 0)
@@ -1114,9 +1140,13 @@ def _config(M_total, S, B, H_kv, D, device):
         # are merged by column chunks first (`_tq4_merge_cols_kernel`): 2-3% faster at 32K-128K,
         # where fewer splits pay more for the extra launch than they save.
         early = D >= 256
+        # At head_dim 256, ranges of several tiles are checked on the device for holding one
+        # (`_short_ranges`): 1-2% faster at 32K-128K and with 4K cached of 128K on H200; at 128 the
+        # same was 0.5-2% slower.
+        short = D >= 256
         merge_cols = (16, 32, 4) if early and statically_known_true(nsplit >= 128) else None
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
-                    stages=1, maxnreg=128, kv_vec=kv_vec, early=early, merge_cols=merge_cols,
+                    stages=1, maxnreg=128, kv_vec=kv_vec, early=early, short=short, merge_cols=merge_cols,
                     rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
     # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
     # not fit in shared memory), 3 below.
@@ -1146,6 +1176,15 @@ def _one_tile(S, cfg) -> bool:
 
     return (cfg.get("one_tile", True) and cfg["block_m"] == 8
             and statically_known_true(S <= cfg["nsplit"] * cfg["block_n"]))
+
+
+def _short_ranges(S, cfg) -> bool:
+    """Where ranges may hold several tiles (not `_one_tile`), whether the split kernel checks each
+    range on the device and runs a range of one tile as `_one_tile` does (SHORT): a long-context
+    cache that is partly filled has ranges of one tile until kv_len reaches a tile per split.
+    Where the launcher's config asks for it (`_config`: head_dim 256, where it measured faster),
+    and only at 8 query rows, for the reason `_one_tile` gives."""
+    return bool(cfg.get("short")) and cfg["block_m"] == 8 and not _one_tile(S, cfg)
 
 
 def _use_pdl(q) -> bool:
@@ -1251,6 +1290,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         *kstrides, *nstrides, Lq, M_total, H_kv, nsplit,
         G=G, D=D, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], INTERPRET=interpret, PDL=pdl,
         KV_VEC=cfg.get("kv_vec", 16), EARLY=cfg.get("early", False), ONE_TILE=_one_tile(S, cfg),
+        SHORT=_short_ranges(S, cfg),
         **launch_pdl,
     )
     cs, cc, cw, cst = cfg["combine"]
