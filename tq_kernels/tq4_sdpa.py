@@ -613,7 +613,7 @@ def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, 
     stall of the kernel). Otherwise b_kn / b_vn are unused and each step loads its own.
 
     LOADED: the tile's packed rows (b_kb0, b_vb0) and norms (b_kn, b_vn) come loaded already
-    (`_tq4_decode_kernel`'s ONE_TILE); otherwise b_kb0 / b_vb0 are unused."""
+    (`_tq4_decode_kernel`'s ONE_TILE and SHORT); otherwise b_kb0 / b_vb0 are unused."""
     o_n = n0 + tl.arange(0, BLOCK_N)
     m_n = o_n < hi
     if NORMS_AHEAD:
@@ -747,7 +747,9 @@ def _tq4_decode_kernel(
     looked-up V tiles free of bank conflicts: `_kv_vec_aligned`). EARLY: a program whose key range
     is empty skips the query, the tables and the loop (see where it is applied). ONE_TILE: the
     launcher's split count covers the cache (S <= nsplit x BLOCK_N, and kv_len <= S), so every
-    range is at most one tile: the program loads it first and runs one step, no loop.
+    range is at most one tile: the program loads it first and runs one step, no loop. SHORT: ranges
+    may hold several tiles, and each program checks its own: one tile runs as under ONE_TILE, more
+    run the loop (`_decode_loop`).
     """
     HALF: tl.constexpr = D // 2
     # The split is the grid's slowest axis: the GPU hands out programs in grid order, so the
@@ -768,7 +770,7 @@ def _tq4_decode_kernel(
     if EARLY and (lo >= hi):
         tl.store(plse_ptr + (i_bh * nsplit + i_s) * M_total + o_r, float("-inf"), mask=m_r)
     else:
-        one = hi - lo <= BLOCK_N  # a range of one tile (under ONE_TILE, every range)
+        one = (hi - lo <= BLOCK_N) | ONE_TILE  # a range of one tile (under ONE_TILE, every range)
         if PDL or ONE_TILE or SHORT:
             p_k, p_v, p_kn, p_vn, prefetch = _split_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb,
                                                          stride_kh, stride_ks, stride_nb, stride_nh, BLOCK_N,
@@ -816,20 +818,14 @@ def _tq4_decode_kernel(
         b_wT = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
         b_aeT = tl.zeros([HALF, BLOCK_M], tl.float32)
         b_aoT = tl.zeros([HALF, BLOCK_M], tl.float32)
-        if ONE_TILE:
-            if lo < hi:
-                b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
-                    lo, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
-                    w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, b_kb0, b_vb0,
-                    KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, False, True)
-        elif SHORT:  # (a partly filled long cache: its ranges hold one tile until kv_len reaches nsplit tiles)
+        if ONE_TILE or SHORT:
             if one:
                 if lo < hi:
                     b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
                         lo, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip,
                         v_high, w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn, b_kb0,
                         b_vb0, KN_BYTES, VN_BYTES, BLOCK_N, HALF, True, INTERPRET, False, True)
-            else:
+            else:  # (SHORT only: under ONE_TILE `one` is a constant and this branch is folded away)
                 b_m, b_lT, b_wT, b_aeT, b_aoT = _decode_loop(
                     lo, hi, kv_len, Lq, i_m, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1,
                     v_flip, v_high, w_sign, b_qe, b_qo, q_add, q_mul, b_m, b_lT, b_wT, b_aeT, b_aoT,
