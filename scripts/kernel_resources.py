@@ -108,15 +108,19 @@ def report(name, G, D, args) -> str:
     loop, *tail = key_loops(sass)
     counts = collections.Counter(opcode(i) for i in loop)
     mix = counts.most_common(8)
-    # The widest global load in the loop: the packed K / V rows (the norms are 2-byte loads).
-    row_bytes = max((int(w) // 8 for w in re.findall(r"\bLDG\.E\.(64|128)\b", " ".join(loop))), default=0)
+    # The widest global load in the loop: the packed K / V rows (the norms are 2-byte loads; .EF:
+    # the cache's loads are marked evict-first).
+    row_bytes = max((int(w) // 8 for w in re.findall(r"\bLDG\.E(?:\.EF)?\.(64|128)\b", " ".join(loop))),
+                    default=0)
+    cache_loads = re.findall(r"\bLDG\.E\S*", " ".join(loop))
+    evict_first = bool(cache_loads) and all(".EF." in ld for ld in cache_loads)
     # How the MMA operands leave shared memory: ldmatrix (LDSM) hands each thread its fragment;
     # plain loads (LDS) of a layout that does not match need register moves to reassemble it.
     return (f"{name:12s} BLOCK_M {args.block_m:2d} BLOCK_N {block_n:3d} warps {args.warps}: {regs} registers, "
             f"{stack} B stack, {shared // 1024} KB shared, {per_sm} programs/SM; loop {len(loop)} instructions "
             f"(masked tail {len(tail[0]) if tail else 0}) "
             f"({', '.join(f'{k} {v}' for k, v in mix)}); shared loads: {counts['LDSM']} ldmatrix, {counts['LDS']} plain; "
-            f"packed rows by {row_bytes}-byte loads; "
+            f"packed rows by {row_bytes}-byte loads{' (evict-first)' if evict_first else ''}; "
             # griddepcontrol.wait is ACQBULK in the SASS: where a PDL launch waits for the rotation
             f"waits for the kernel before: {'yes' if 'ACQBULK' in sass else 'no'}")
 

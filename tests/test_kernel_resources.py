@@ -64,5 +64,8 @@ def test_compiles_the_decode_kernel_for_sm90_and_finds_the_lookup_loop(flags):
         # stores to shared memory are free of bank conflicts (a 16-byte load made them 2-way
         # conflicted); llama's rows stay 16-byte loads.
         assert f"packed rows by {8 if line.startswith('qwen') else 16}-byte loads" in line, line
+        # Every load of the loop reads the cache, marked evict-first: the cache streams past L2
+        # without pushing out R and the split partials, which the same call reads again.
+        assert "loads (evict-first);" in line, line
         # A PDL launch waits (griddepcontrol.wait) for the query rotation; a plain one needs not.
         assert line.endswith("waits for the kernel before: " + ("no" if flags else "yes")), line

@@ -320,6 +320,16 @@ def _prefetch_l2(ptr, nbytes):
 
 
 @triton.jit
+def _stream(ptrs, mask=None, other=None):
+    """A load of the compressed cache, marked to leave L2 first: a 128K cache streams 68 MB
+    (qwen3.5-moe heads) through the H200's 60 MB L2 each call, and at normal priority it pushed
+    out what the same call reads again: R (read by the rotation and again by the merge) and the
+    split partials (written by one kernel, read by the next). qwen3.5-moe 128K 38.2 -> 37.1 us;
+    the other cases within 1% (results/attention.md)."""
+    return tl.load(ptrs, mask=mask, other=other, eviction_policy="evict_first")
+
+
+@triton.jit
 def _head_ptrs(kp_ptr, vp_ptr, kn_ptr, vn_ptr, i_b, i_kvh, stride_kb, stride_kh, stride_nb, stride_nh):
     """One (batch, KV head)'s packed K / V rows and their norms."""
     return (kp_ptr + i_b * stride_kb + i_kvh * stride_kh, vp_ptr + i_b * stride_kb + i_kvh * stride_kh,
@@ -618,22 +628,22 @@ def _decode_step(n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, 
     m_n = o_n < hi
     if NORMS_AHEAD:
         m_nxt = o_n + BLOCK_N < hi
-        kn_nxt = tl.load(p_kn + o_n + BLOCK_N, mask=m_nxt, other=0.0)
-        vn_nxt = tl.load(p_vn + o_n + BLOCK_N, mask=m_nxt, other=0.0)
+        kn_nxt = _stream(p_kn + o_n + BLOCK_N, mask=m_nxt, other=0.0)
+        vn_nxt = _stream(p_vn + o_n + BLOCK_N, mask=m_nxt, other=0.0)
     else:
         kn_nxt, vn_nxt = b_kn, b_vn
     if LOADED:
         b_kb, b_vb = b_kb0, b_vb0
     elif MASK:
-        b_kb = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-        b_vb = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+        b_kb = _stream(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+        b_vb = _stream(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
         if not NORMS_AHEAD:
-            b_kn, b_vn = tl.load(p_kn + o_n, mask=m_n, other=0.0), tl.load(p_vn + o_n, mask=m_n, other=0.0)
+            b_kn, b_vn = _stream(p_kn + o_n, mask=m_n, other=0.0), _stream(p_vn + o_n, mask=m_n, other=0.0)
     else:
         p_row = o_n[:, None] * stride_ks + o_h[None, :]
-        b_kb, b_vb = tl.load(p_k + p_row), tl.load(p_v + p_row)
+        b_kb, b_vb = _stream(p_k + p_row), _stream(p_v + p_row)
         if not NORMS_AHEAD:
-            b_kn, b_vn = tl.load(p_kn + o_n), tl.load(p_vn + o_n)
+            b_kn, b_vn = _stream(p_kn + o_n), _stream(p_vn + o_n)
     b_kn, b_vn = b_kn.to(tl.float32), b_vn.to(tl.float32)
     # The next tile's rows (contiguous: one range each for K, V and their norms) start on their
     # way to L2 while this one is computed, so its loads wait on L2, not on HBM: the loop's
@@ -703,8 +713,8 @@ def _decode_loop(lo, hi, kv_len, Lq, i_m, pos_r, p_k, p_v, p_kn, p_vn, o_h, stri
     # The first tile's norms (the steps load them one tile ahead: `_decode_step`).
     NORMS_AHEAD: tl.constexpr = BLOCK_N >= 128
     o_n = lo + tl.arange(0, BLOCK_N)
-    b_kn = tl.load(p_kn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
-    b_vn = tl.load(p_vn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
+    b_kn = _stream(p_kn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
+    b_vn = _stream(p_vn + o_n, mask=(o_n < hi) & NORMS_AHEAD, other=0.0)
     for n0 in range(lo, mid, BLOCK_N):
         b_m, b_lT, b_wT, b_aeT, b_aoT, b_kn, b_vn = _decode_step(
             n0, hi, pos_r, p_k, p_v, p_kn, p_vn, o_h, stride_ks, prefetch, t0, t1, u0, u1, v_flip, v_high,
@@ -783,9 +793,9 @@ def _tq4_decode_kernel(
             p_k, p_v = _kv_vec_aligned(p_k, p_v, kv_len, KV_VEC)
             o_n = lo + tl.arange(0, BLOCK_N)
             m_n = (o_n < hi) & one
-            b_kb0 = tl.load(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-            b_vb0 = tl.load(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
-            b_kn, b_vn = tl.load(p_kn + o_n, mask=m_n, other=0.0), tl.load(p_vn + o_n, mask=m_n, other=0.0)
+            b_kb0 = _stream(p_k + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+            b_vb0 = _stream(p_v + o_n[:, None] * stride_ks + o_h[None, :], mask=m_n[:, None], other=0)
+            b_kn, b_vn = _stream(p_kn + o_n, mask=m_n, other=0.0), _stream(p_vn + o_n, mask=m_n, other=0.0)
         if PDL:
             if (not ONE_TILE) and prefetch & (lo + BLOCK_N <= hi):  # the first tile, while the rotation finishes
                 _prefetch_l2(p_k + lo * stride_ks, BLOCK_N * stride_ks)
@@ -1141,9 +1151,13 @@ def _config(M_total, S, B, H_kv, D, device):
         # same was 0.5-2% slower.
         short = D >= 256
         merge_cols = (16, 32, 4) if early and statically_known_true(nsplit >= 128) else None
+        # The query rotation is latency on every call's path: at head_dim 256 each of its programs
+        # rotates into 8 columns (an 8 KB slice of R) rather than 32, 0.3-0.5 us shorter at 4K-128K;
+        # at head_dim 128, 16 or 8 columns made llama 4K 0.5-1 us slower (results/attention.md).
+        rotate = (16, 8, 1, 4) if D >= 256 else (16, 32, 1, 4)
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
                     stages=1, maxnreg=128, kv_vec=kv_vec, early=early, short=short, merge_cols=merge_cols,
-                    rotate=(16, 32, 1, 4)) | common | (CONFIG_OVERRIDE or {})
+                    rotate=rotate) | common | (CONFIG_OVERRIDE or {})
     # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
     # not fit in shared memory), 3 below.
     bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
