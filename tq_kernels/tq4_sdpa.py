@@ -1152,7 +1152,7 @@ def _config(M_total, S, B, H_kv, D, device):
         short = D >= 256
         merge_cols = (16, 32, 4) if early and statically_known_true(nsplit >= 128) else None
         # The query rotation is latency on every call's path: at head_dim 256 each of its programs
-        # rotates into 8 columns (an 8 KB slice of R) rather than 32, 0.3-0.5 us shorter at 4K-128K;
+        # rotates into 8 columns (an 8 KB slice of R) rather than 32, 0.3-0.6 us shorter at 4K-128K;
         # at head_dim 128, 16 or 8 columns made llama 4K 0.5-1 us slower (results/attention.md).
         rotate = (16, 8, 1, 4) if D >= 256 else (16, 32, 1, 4)
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
