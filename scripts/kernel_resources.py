@@ -108,11 +108,10 @@ def report(name, G, D, args) -> str:
     loop, *tail = key_loops(sass)
     counts = collections.Counter(opcode(i) for i in loop)
     mix = counts.most_common(8)
-    # The widest global load in the loop: the packed K / V rows (the norms are 2-byte loads; .EF:
-    # the cache's loads are marked evict-first).
-    row_bytes = max((int(w) // 8 for w in re.findall(r"\bLDG\.E(?:\.EF)?\.(64|128)\b", " ".join(loop))),
-                    default=0)
+    # The loop's global loads all read the cache: the widest are the packed K / V rows (the norms
+    # are 2-byte loads), and all should be marked evict-first (.EF).
     cache_loads = re.findall(r"\bLDG\.E\S*", " ".join(loop))
+    row_bytes = max((int(ld.rsplit(".", 1)[1]) // 8 for ld in cache_loads if ld.endswith((".64", ".128"))), default=0)
     evict_first = bool(cache_loads) and all(".EF." in ld for ld in cache_loads)
     # How the MMA operands leave shared memory: ldmatrix (LDSM) hands each thread its fragment;
     # plain loads (LDS) of a layout that does not match need register moves to reassemble it.
