@@ -270,9 +270,32 @@ def test_merges_load_whole_where_it_fits_in_registers():
     a 128 x 64 chunk of R) loads whole."""
     from tq_kernels import tq4_sdpa as mod
 
-    assert mod._whole_merge(512 * 32, 4)
+    assert mod._whole_merge((256 + 8) * 32, 4)
     assert not mod._whole_merge(64 * 256 + 256 * 64, 4)
     assert mod._whole_merge(128 * 128 + 128 * 64, 4)
+
+
+def test_whole_merges_load_the_splits_as_two_power_of_two_tiles():
+    """A whole merge covers nsplit with the largest power of two within it and the next power of
+    two at or above the rest, not with one tile of the next power of two above nsplit (qwen3.5-moe
+    128K: 256 + 8 splits, not 512); a power of two needs no second tile, and a split count that is
+    not static keeps the launcher's bound."""
+    from tq_kernels import tq4_sdpa as mod
+
+    assert mod._whole_split_tiles(264, 512) == (256, 8)
+    assert mod._whole_split_tiles(132, 256) == (128, 4)
+    assert mod._whole_split_tiles(66, 128) == (64, 2)
+    assert mod._whole_split_tiles(37, 64) == (32, 8)
+    assert mod._whole_split_tiles(64, 64) == (64, 0)
+    assert mod._whole_split_tiles(1, 16) == (1, 0)
+    for nsplit in range(1, 600):
+        head, tail = mod._whole_split_tiles(nsplit, None)
+        rest = nsplit - head
+        assert head & (head - 1) == 0 and head <= nsplit < 2 * head, nsplit
+        assert tail == 0 if rest == 0 else (tail & (tail - 1) == 0 and rest <= tail < 2 * rest), nsplit
+    import sympy
+
+    assert mod._whole_split_tiles(sympy.Symbol("n"), 512) == (512, 0)
 
 
 @interpreted

@@ -882,32 +882,47 @@ def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, pl
 
 @triton.jit
 def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.constexpr, WIDTH: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr, WHOLE: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr, WHOLE: tl.constexpr,
+                NS_HEAD: tl.constexpr, NS_TAIL: tl.constexpr):
     """Columns o_d (WIDTH of them) of one row's nsplit partials (row row0 + s * M_total of split s)
     merged by log-sum-exp weights, and the row's merged base-2 log-sum-exp (-inf: no keys).
 
     Its loads are as few dependent steps as possible (NS_MAX >= nsplit, a power of two fixed by
-    the launcher). WHOLE: the [NS_MAX, WIDTH] partials and the log-sum-exps are loaded at once,
-    one dependent step, and merged after; the launcher takes it where that tile fits in registers
-    (`_whole_merge`). Otherwise kv_len and all log-sum-exps come first, then the partial rows
-    BLOCK_S at a time in an unrolled loop over NS_MAX, all in flight together, but only after the
+    the launcher). WHOLE: the partials and the log-sum-exps are loaded at once, one dependent step,
+    and merged after, as a power-of-two tile of splits [0, NS_HEAD) and, if NS_TAIL > 0, a second
+    one [NS_HEAD, NS_HEAD + NS_TAIL) (`_whole_split_tiles`); the launcher takes it where they fit in
+    registers (`_whole_merge`). Otherwise kv_len and all log-sum-exps come first, then the partial
+    rows BLOCK_S at a time in an unrolled loop over NS_MAX, all in flight together, but only after the
     log-sum-exps' maximum (a barrier) and one step per group of 64 splits (each group is a branch
     on kv_len); a loop over nsplit made one dependent L2 round trip per step (6.8 us at 132 splits
     on H100). Every split stores its log-sum-exp (one that holds no keys: -inf), so they need not
     wait for kv_len, and a split whose weight is 0 adds nothing (`_merge_group`). A row whose
     splits hold no keys merges to zeros."""
-    o_all = tl.arange(0, NS_MAX)
-    p_all = row0 + o_all * M_total
     if WHOLE:
-        b_p = tl.load(po_ptr + p_all[:, None] * D + o_d[None, :], mask=(o_all < nsplit)[:, None], other=0.0)
-    lse = tl.load(plse_ptr + p_all, mask=o_all < nsplit, other=float("-inf"))
-    m = tl.max(lse, 0)
-    m_use = tl.where(m == float("-inf"), 0.0, m)
-    if WHOLE:
-        w = tl.exp2(lse - m_use)
-        w_sum = tl.sum(w, 0)
-        o = tl.sum(tl.where(w[:, None] > 0, w[:, None] * b_p, 0.0), 0)
+        o_h = tl.arange(0, NS_HEAD)
+        p_h = row0 + o_h * M_total
+        b_h = tl.load(po_ptr + p_h[:, None] * D + o_d[None, :], mask=(o_h < nsplit)[:, None], other=0.0)
+        lse_h = tl.load(plse_ptr + p_h, mask=o_h < nsplit, other=float("-inf"))
+        m = tl.max(lse_h, 0)
+        if NS_TAIL > 0:
+            o_t = NS_HEAD + tl.arange(0, NS_TAIL)
+            p_t = row0 + o_t * M_total
+            b_t = tl.load(po_ptr + p_t[:, None] * D + o_d[None, :], mask=(o_t < nsplit)[:, None], other=0.0)
+            lse_t = tl.load(plse_ptr + p_t, mask=o_t < nsplit, other=float("-inf"))
+            m = tl.maximum(m, tl.max(lse_t, 0))
+        m_use = tl.where(m == float("-inf"), 0.0, m)
+        w_h = tl.exp2(lse_h - m_use)
+        w_sum = tl.sum(w_h, 0)
+        o = tl.sum(tl.where(w_h[:, None] > 0, w_h[:, None] * b_h, 0.0), 0)
+        if NS_TAIL > 0:
+            w_t = tl.exp2(lse_t - m_use)
+            w_sum += tl.sum(w_t, 0)
+            o += tl.sum(tl.where(w_t[:, None] > 0, w_t[:, None] * b_t, 0.0), 0)
     else:
+        o_all = tl.arange(0, NS_MAX)
+        lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
+        m = tl.max(lse, 0)
+        m_use = tl.where(m == float("-inf"), 0.0, m)
         w_sum = tl.sum(tl.exp2(lse - m_use), 0)
         b_o = tl.zeros([BLOCK_S, WIDTH], tl.float32)
         # Groups of 64 splits past the last that holds keys are skipped whole (masked loads still
@@ -927,7 +942,7 @@ def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.cons
 def _tq4_merge_cols_kernel(
     po_ptr, plse_ptr, kv_len_ptr, mo_ptr, mlse_ptr, M_total, nsplit,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
-    PDL: tl.constexpr = False, WHOLE: tl.constexpr = False,
+    PDL: tl.constexpr = False, WHOLE: tl.constexpr = False, NS_HEAD: tl.constexpr = 1, NS_TAIL: tl.constexpr = 0,
 ):
     """Merge the nsplit partials of one row, columns [c0, c0 + BLOCK_C), into mo / mlse (one
     partial per row, for `_tq4_combine_kernel` to rotate back): the first of two merge steps where
@@ -943,7 +958,7 @@ def _tq4_merge_cols_kernel(
         gdc_launch_dependents()
         gdc_wait()
     o, lse = _merged_row(po_ptr, plse_ptr, kv_len, i_bh * nsplit * M_total + i_r, M_total, nsplit, o_d, D, BLOCK_C,
-                         BLOCK_N, BLOCK_S, NS_MAX, WHOLE)
+                         BLOCK_N, BLOCK_S, NS_MAX, WHOLE, NS_HEAD, NS_TAIL)
     row = i_bh * M_total + i_r
     tl.store(mo_ptr + row * D + o_d, o)
     if i_c == 0:
@@ -954,7 +969,8 @@ def _tq4_merge_cols_kernel(
 def _tq4_combine_kernel(
     po_ptr, plse_ptr, rot_ptr, kv_len_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    NS_MAX: tl.constexpr, PDL: tl.constexpr = False, WHOLE: tl.constexpr = False,
+    NS_MAX: tl.constexpr, PDL: tl.constexpr = False, WHOLE: tl.constexpr = False, NS_HEAD: tl.constexpr = 1,
+    NS_TAIL: tl.constexpr = 0,
 ):
     """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
@@ -984,7 +1000,7 @@ def _tq4_combine_kernel(
     if PDL:
         gdc_wait()
     o_rot, _ = _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D, D, BLOCK_N, BLOCK_S, NS_MAX,
-                           WHOLE)
+                           WHOLE, NS_HEAD, NS_TAIL)
     if not (PDL or WHOLE):  # rotate back (loaded last: first was slower here, results/attention.md)
         b_r = tl.load(rot_ptr + r_row[:, None] * D + o_c[None, :])  # [D, BC]
     b_out = tl.sum(o_rot[:, None] * b_r, 0)
@@ -1227,6 +1243,20 @@ def _whole_merge(values, warps) -> bool:
     return values <= 192 * 32 * warps
 
 
+def _whole_split_tiles(nsplit, ns_max) -> tuple[int, int]:
+    """The tiles of splits a whole merge loads (`_merged_row`'s NS_HEAD, NS_TAIL): the largest power
+    of two within nsplit, then the next power of two at or above what is left (0 if nothing is).
+    The launcher's split counts fill the SMs and are rarely powers of two: qwen3.5-moe's 264 at 128K
+    made the first merge step load one tile of 512 splits, half of it masked; as 256 + 8 the op is
+    0.4-0.7 us faster at 128K on the H200 (results/attention.md), and the combine after it loads
+    its one partial row alone instead of a masked tile of 16. (ns_max, 0) where nsplit is not
+    static."""
+    if not isinstance(nsplit, int):
+        return ns_max, 0
+    head = 1 << (nsplit.bit_length() - 1)
+    return head, (triton.next_power_of_2(nsplit - head) if nsplit > head else 0)
+
+
 def _partials(rows, D, dev):
     """Split-K partial outputs [rows, D] and their log-sum-exps [rows], fp32."""
     return (torch.empty((rows, D), dtype=torch.float32, device=dev),
@@ -1309,16 +1339,21 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
         ms, mc, mw = cfg["merge_cols"]
         mo, mlse = _partials(B * H_kv * M_total, D, dev)
         ns_max = max(ms, ns_max)
+        head, tail = _whole_split_tiles(nsplit, ns_max)
         wrap_triton(_tq4_merge_cols_kernel)[(M_total, B * H_kv, D // mc)](
             po, plse, kv_len, mo, mlse, M_total, nsplit, D=D, BLOCK_N=cfg["block_n"], BLOCK_S=ms, BLOCK_C=mc,
-            NS_MAX=ns_max, PDL=pdl, WHOLE=_whole_merge(ns_max * mc, mw), num_warps=mw, **launch_pdl,
+            NS_MAX=ns_max, PDL=pdl, WHOLE=_whole_merge((head + tail) * mc, mw), NS_HEAD=head, NS_TAIL=tail,
+            num_warps=mw, **launch_pdl,
         )
         po, plse, nsplit, ns_max = mo, mlse, 1, 1
     ns_max = max(cs, ns_max)
+    head, tail = _whole_split_tiles(nsplit, ns_max)
+    if tail:  # one tile of NS_MAX instead: as two, llama's merge of 66 splits was 0.2-1 us slower at 32K-128K
+        head, tail = ns_max, 0
     wrap_triton(_tq4_combine_kernel)[(M_total, B * H_kv, D // cc)](
         po, plse, rot, kv_len, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D, BLOCK_N=cfg["block_n"],
-        BLOCK_S=cs, BLOCK_C=cc, NS_MAX=ns_max, PDL=pdl, WHOLE=_whole_merge(ns_max * D + D * cc, cw),
-        num_warps=cw, num_stages=cst, **launch_pdl,
+        BLOCK_S=cs, BLOCK_C=cc, NS_MAX=ns_max, PDL=pdl, WHOLE=_whole_merge(head * D + D * cc, cw),
+        NS_HEAD=head, NS_TAIL=tail, num_warps=cw, num_stages=cst, **launch_pdl,
     )
     return out
 
