@@ -881,6 +881,23 @@ def _merge_group(b_o, g0: tl.constexpr, nsplit, row0, M_total, m_use, po_ptr, pl
 
 
 @triton.jit
+def _split_rows(po_ptr, plse_ptr, row0, M_total, nsplit, o_d, D: tl.constexpr, S0: tl.constexpr, N: tl.constexpr):
+    """Partial rows (columns o_d) and log-sum-exps of splits [S0, S0 + N), masked past nsplit."""
+    o_s = S0 + tl.arange(0, N)
+    p_s = row0 + o_s * M_total
+    b_p = tl.load(po_ptr + p_s[:, None] * D + o_d[None, :], mask=(o_s < nsplit)[:, None], other=0.0)
+    return b_p, tl.load(plse_ptr + p_s, mask=o_s < nsplit, other=float("-inf"))
+
+
+@triton.jit
+def _weighted_sum(b_p, lse, m_use):
+    """Partial rows b_p summed by their weights exp2(lse - m_use) (a row of weight 0 adds nothing,
+    whatever it holds), and the sum of the weights."""
+    w = tl.exp2(lse - m_use)
+    return tl.sum(tl.where(w[:, None] > 0, w[:, None] * b_p, 0.0), 0), tl.sum(w, 0)
+
+
+@triton.jit
 def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.constexpr, WIDTH: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, NS_MAX: tl.constexpr, WHOLE: tl.constexpr,
                 NS_HEAD: tl.constexpr, NS_TAIL: tl.constexpr):
@@ -899,25 +916,16 @@ def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.cons
     wait for kv_len, and a split whose weight is 0 adds nothing (`_merge_group`). A row whose
     splits hold no keys merges to zeros."""
     if WHOLE:
-        o_h = tl.arange(0, NS_HEAD)
-        p_h = row0 + o_h * M_total
-        b_h = tl.load(po_ptr + p_h[:, None] * D + o_d[None, :], mask=(o_h < nsplit)[:, None], other=0.0)
-        lse_h = tl.load(plse_ptr + p_h, mask=o_h < nsplit, other=float("-inf"))
+        b_h, lse_h = _split_rows(po_ptr, plse_ptr, row0, M_total, nsplit, o_d, D, 0, NS_HEAD)
         m = tl.max(lse_h, 0)
         if NS_TAIL > 0:
-            o_t = NS_HEAD + tl.arange(0, NS_TAIL)
-            p_t = row0 + o_t * M_total
-            b_t = tl.load(po_ptr + p_t[:, None] * D + o_d[None, :], mask=(o_t < nsplit)[:, None], other=0.0)
-            lse_t = tl.load(plse_ptr + p_t, mask=o_t < nsplit, other=float("-inf"))
+            b_t, lse_t = _split_rows(po_ptr, plse_ptr, row0, M_total, nsplit, o_d, D, NS_HEAD, NS_TAIL)
             m = tl.maximum(m, tl.max(lse_t, 0))
         m_use = tl.where(m == float("-inf"), 0.0, m)
-        w_h = tl.exp2(lse_h - m_use)
-        w_sum = tl.sum(w_h, 0)
-        o = tl.sum(tl.where(w_h[:, None] > 0, w_h[:, None] * b_h, 0.0), 0)
+        o, w_sum = _weighted_sum(b_h, lse_h, m_use)
         if NS_TAIL > 0:
-            w_t = tl.exp2(lse_t - m_use)
-            w_sum += tl.sum(w_t, 0)
-            o += tl.sum(tl.where(w_t[:, None] > 0, w_t[:, None] * b_t, 0.0), 0)
+            o_t, w_t = _weighted_sum(b_t, lse_t, m_use)
+            o, w_sum = o + o_t, w_sum + w_t
     else:
         o_all = tl.arange(0, NS_MAX)
         lse = tl.load(plse_ptr + row0 + o_all * M_total, mask=o_all < nsplit, other=float("-inf"))
