@@ -243,8 +243,9 @@ def test_empty_cache_and_rows_before_the_first_position_give_zeros(Lq):
 @pytest.mark.parametrize("nsplit,S,kv_len", [(37, 700, 650), (100, 1700, 1590), (100, 1700, 900)])
 def test_merge_of_many_splits_some_empty(nsplit, S, kv_len, merge, whole, monkeypatch):
     """The merge reads its splits up to a power-of-two bound, masked past nsplit: all at once
-    (whole), or in an unrolled loop that past its first 64 splits runs a group of 64 only when
-    some split in it holds keys. It reads every split's log-sum-exp without asking kv_len which
+    (whole: 37 splits as tiles of 32 + 8, 100 as 64 + 64, in the first merge step), or in an
+    unrolled loop that past its first 64 splits runs a group of 64 only when some split in it
+    holds keys. It reads every split's log-sum-exp without asking kv_len which
     hold keys: every split stores one (-inf where it holds no keys), and its partial row unless it
     exits early; the partial buffers start as NaN here, and a row that the merge did not weigh by
     0 would make the output NaN. 37 splits of 32 keys (several chunks of 16, the last ragged) over
