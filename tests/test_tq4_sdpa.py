@@ -245,10 +245,10 @@ def test_merge_of_many_splits_some_empty(nsplit, S, kv_len, merge, whole, monkey
     """The merge reads its splits up to a power-of-two bound, masked past nsplit: all at once
     (whole: 37 splits as tiles of 32 + 8, 100 as 64 + 64, in the first merge step), or in an
     unrolled loop that past its first 64 splits runs a group of 64 only when some split in it
-    holds keys. It reads every split's log-sum-exp without asking kv_len which
-    hold keys: every split stores one (-inf where it holds no keys), and its partial row unless it
-    exits early; the partial buffers start as NaN here, and a row that the merge did not weigh by
-    0 would make the output NaN. 37 splits of 32 keys (several chunks of 16, the last ragged) over
+    holds keys. It reads every split's log-sum-exp without asking kv_len which hold keys: every
+    split stores one (-inf where it holds no keys), and its partial row unless it exits early;
+    the partial buffers start as NaN here, and a row that the merge did not weigh by 0 would make
+    the output NaN. 37 splits of 32 keys (several chunks of 16, the last ragged) over
     a 650-key cache: the splits past the end hold nothing. 100 splits of 16 keys (a bound of 128,
     two groups): at kv_len 1590 all 100 hold keys, so the second group must run; at 900 only 57
     do and it is skipped. Each case also with early exits, and with a first merge by column

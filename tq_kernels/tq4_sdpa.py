@@ -950,7 +950,7 @@ def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.cons
 def _tq4_merge_cols_kernel(
     po_ptr, plse_ptr, kv_len_ptr, mo_ptr, mlse_ptr, M_total, nsplit,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
-    PDL: tl.constexpr = False, WHOLE: tl.constexpr = False, NS_HEAD: tl.constexpr = 1, NS_TAIL: tl.constexpr = 0,
+    NS_HEAD: tl.constexpr, NS_TAIL: tl.constexpr, PDL: tl.constexpr = False, WHOLE: tl.constexpr = False,
 ):
     """Merge the nsplit partials of one row, columns [c0, c0 + BLOCK_C), into mo / mlse (one
     partial per row, for `_tq4_combine_kernel` to rotate back): the first of two merge steps where
@@ -977,8 +977,8 @@ def _tq4_merge_cols_kernel(
 def _tq4_combine_kernel(
     po_ptr, plse_ptr, rot_ptr, kv_len_ptr, out_ptr, stride_ob, stride_oh, stride_ol, M_total, H_kv, nsplit,
     G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    NS_MAX: tl.constexpr, PDL: tl.constexpr = False, WHOLE: tl.constexpr = False, NS_HEAD: tl.constexpr = 1,
-    NS_TAIL: tl.constexpr = 0,
+    NS_MAX: tl.constexpr, NS_HEAD: tl.constexpr, NS_TAIL: tl.constexpr, PDL: tl.constexpr = False,
+    WHOLE: tl.constexpr = False,
 ):
     """Merge the nsplit partial outputs of one row by log-sum-exp weights and rotate the result
     back, for output columns [c0, c0 + BLOCK_C): out = (sum_s w_s o_s / sum_s w_s) @ R.
