@@ -499,14 +499,24 @@ def assert_same_output(a, b, exact):
         assert cos >= 0.9999 and err <= 5e-2, f"cosine {cos:.6f}, max abs err {err:.4f}"
 
 
-def test_deterministic_algorithms_take_the_merge_without_atomics():
+def test_deterministic_algorithms_and_exports_take_the_merge_without_atomics():
+    """The merge whose atomic adds vary the output's last bits is for eager calls only: not under
+    torch.use_deterministic_algorithms, and not while tracing (an exported program repeats its
+    output bit for bit)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     from tq_kernels import tq4_sdpa as mod
 
     cpu = torch.device("cpu")
+    q = torch.zeros(1, 16, 1, 256, dtype=torch.bfloat16)
+    with FakeTensorMode():
+        fake = torch.empty(1, 16, 1, 256, dtype=torch.bfloat16)
     with deterministic(True):
-        assert not mod._config(8, 131072, 1, 2, 256, cpu)["merge_rotates"]
+        cfg = mod._config(8, 131072, 1, 2, 256, cpu)
+        assert not cfg["merge_rotates"] and not mod._merge_rotates(q, cfg)
     with deterministic(False):
-        assert mod._config(8, 131072, 1, 2, 256, cpu)["merge_rotates"]
+        cfg = mod._config(8, 131072, 1, 2, 256, cpu)
+        assert cfg["merge_rotates"] and mod._merge_rotates(q, cfg) and not mod._merge_rotates(fake, cfg)
 
 
 @interpreted

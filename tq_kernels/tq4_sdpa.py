@@ -19,7 +19,8 @@ row once into bf16 (`_dequant_prmt`). Two more tricks:
 
 Decode (one query row per head) splits the KV sequence over CTAs (flash-decoding) and a second
 kernel merges the partial results and rotates them back (at head_dim 256 by column chunks whose
-shares of the output meet in bf16 atomic adds, unless deterministic algorithms are asked for). Its kernel computes the tiles transposed
+shares of the output meet in bf16 atomic adds, in eager calls that do not ask for deterministic
+algorithms). Its kernel computes the tiles transposed
 (K q^T, V^T P^T: keys and coordinates as the MMA rows, the few query rows as N), so a tile holds
 as few as 8 query rows: the accumulators stay small and 4 programs fit on an SM (the loop is
 issue-bound; more resident warps hide its latencies).
@@ -971,7 +972,8 @@ def _tq4_merge_cols_kernel(
     into the output, which the query rotation zeroed (`_rotate_q_kernel`'s ZERO_OUT), with bf16
     atomic adds that nothing waits for. The D / BLOCK_C shares of a row arrive in any order, so
     the output's last bits may differ from call to call (each add rounds to bf16: a few bf16
-    ulps); under torch.use_deterministic_algorithms(True) the launcher takes the combine instead.
+    ulps); under torch.use_deterministic_algorithms(True), and in an export, the launcher takes the
+    combine instead (`_merge_rotates`).
 
     PDL: launched while the split kernel runs, it lets the combine launch at once (to load R)
     and waits for the partials."""
@@ -1200,9 +1202,10 @@ def _config(M_total, S, B, H_kv, D, device):
         # program rotating its chunk back and adding its share into the output
         # (`_tq4_merge_cols_kernel`'s ROTATE): one kernel after the split kernel instead of two,
         # 0.8-1.5 us faster at 4K-128K. Its atomic adds make the output's last bits vary from call
-        # to call: with torch.use_deterministic_algorithms(True) the combine rotates back instead
-        # (bit for bit the same every call, as at every other head_dim). At head_dim 128 the
-        # rotating merge was as fast at best (32-column chunks 2-5 us slower).
+        # to call: with torch.use_deterministic_algorithms(True), and in exported programs
+        # (`_merge_rotates`), the combine rotates back instead (bit for bit the same every call,
+        # as at every other head_dim). At head_dim 128 the rotating merge was as fast at best
+        # (32-column chunks 2-5 us slower).
         early = D >= 256
         # At head_dim 256, ranges of several tiles are checked on the device for holding one
         # (`_short_ranges`): 1-2% faster at 32K-128K and with 4K cached of 128K on H200; at 128 the
@@ -1263,6 +1266,16 @@ def _use_pdl(q) -> bool:
     kernels without PDL, so an export keeps the kernels compiled without it (the launcher also
     leaves it out under the interpreter)."""
     return q.device.type == "cuda" and not is_fake(q)
+
+
+def _merge_rotates(q, cfg) -> bool:
+    """Whether decode's merge by column chunks also rotates back, adding its shares into the output
+    with atomic adds (`_tq4_merge_cols_kernel`'s ROTATE): where the launcher's config asks for it
+    (not under torch.use_deterministic_algorithms), and not while tracing. The adds arrive in any
+    order, so the output's last bits vary from call to call; an exported program keeps the merge
+    that rotates back in a kernel of its own and repeats its output bit for bit (the runner's GPU
+    check asks that of greedy and seeded generation)."""
+    return bool(cfg.get("merge_cols") and cfg.get("merge_rotates")) and not is_fake(q)
 
 
 @functools.cache
@@ -1368,7 +1381,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     pdl = bool(cfg["pdl"]) and not interpret and _use_pdl(q)
     launch_pdl = {"launch_pdl": True} if pdl else {}  # for the kernels after the rotation
     rm, rc, rp, rw = cfg["rotate"]
-    merge_rotates = bool(cfg.get("merge_cols") and cfg.get("merge_rotates"))
+    merge_rotates = _merge_rotates(q, cfg)
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc + 1)](
         q, rot, q_rot, centroids, tab, out, *q_strides, *out_strides, M_total, H_kv, scale * LOG2E,
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, PDL=pdl, ZERO_OUT=merge_rotates, num_warps=rw,
