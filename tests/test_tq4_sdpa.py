@@ -109,16 +109,24 @@ def test_decode_splits_give_four_programs_per_sm_where_each_range_gets_four_tile
     assert mod._config(4, 300, 1, 8, 128, cpu)["nsplit"] == 3  # ... or 128-key tiles
 
 
-def test_early_exit_and_a_merge_that_rotates_back_by_column_chunks_at_head_dim_256_only():
+def test_early_exit_and_merges_by_column_chunks_at_head_dim_256_only():
+    """At head_dim 256 the merge goes by column chunks and rotates back itself, or, where the
+    output must repeat bit for bit, goes by column chunks from 128 splits up and leaves the
+    rotation back to the combine."""
     from tq_kernels import tq4_sdpa as mod
 
     cpu = torch.device("cpu")
     for capacity in (4096, 32768, 131072):
-        qwen = mod._config(8, capacity, 1, 2, 256, cpu)
+        qwen = mod._config(8, capacity, 1, 2, 256, cpu, exact=False)
         assert qwen["early"] and qwen["merge_cols"] == (16, 32, 4) and qwen["merge_rotates"]
+    for capacity, merge_cols in ((4096, None), (32768, (16, 32, 4)), (131072, (16, 32, 4))):
+        qwen = mod._config(8, capacity, 1, 2, 256, cpu, exact=True)
+        assert qwen["early"] and qwen["merge_cols"] == merge_cols and not qwen["merge_rotates"]
+        assert (qwen["nsplit"] >= 128) == bool(merge_cols)
     for capacity in (4096, 131072):
-        llama = mod._config(4, capacity, 1, 8, 128, cpu)
-        assert not llama["early"] and llama["merge_cols"] is None and not llama["merge_rotates"]
+        for exact in (False, True):
+            llama = mod._config(4, capacity, 1, 8, 128, cpu, exact=exact)
+            assert not llama["early"] and llama["merge_cols"] is None and not llama["merge_rotates"]
 
 
 def test_scratch_only_for_prefill_and_in_bounded_chunks():
@@ -512,11 +520,10 @@ def test_deterministic_algorithms_and_exports_take_the_merge_without_atomics():
     with FakeTensorMode():
         fake = torch.empty(1, 16, 1, 256, dtype=torch.bfloat16)
     with deterministic(True):
-        cfg = mod._config(8, 131072, 1, 2, 256, cpu)
-        assert not cfg["merge_rotates"] and not mod._merge_rotates(q, cfg)
+        assert mod._exact(q) and not mod._config(8, 131072, 1, 2, 256, cpu)["merge_rotates"]
     with deterministic(False):
-        cfg = mod._config(8, 131072, 1, 2, 256, cpu)
-        assert cfg["merge_rotates"] and mod._merge_rotates(q, cfg) and not mod._merge_rotates(fake, cfg)
+        assert not mod._exact(q) and mod._exact(fake)
+        assert mod._config(8, 131072, 1, 2, 256, cpu)["merge_rotates"]
 
 
 @interpreted

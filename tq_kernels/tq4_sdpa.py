@@ -973,7 +973,7 @@ def _tq4_merge_cols_kernel(
     atomic adds that nothing waits for. The D / BLOCK_C shares of a row arrive in any order, so
     the output's last bits may differ from call to call (each add rounds to bf16: a few bf16
     ulps); under torch.use_deterministic_algorithms(True), and in an export, the launcher takes the
-    combine instead (`_merge_rotates`).
+    combine instead (`_exact`).
 
     PDL: launched while the split kernel runs, it lets the combine launch at once (to load R)
     and waits for the partials."""
@@ -1153,9 +1153,11 @@ CONFIG_OVERRIDE: dict | None = None
 SCRATCH_BYTES = 64 * 2**20
 
 
-def _config(M_total, S, B, H_kv, D, device):
+def _config(M_total, S, B, H_kv, D, device, exact=None):
     """Launch config without guarding on a dynamic L_q: decode (a few packed rows) splits the
-    sequence over many programs; prefill packs the GQA group into tall query tiles."""
+    sequence over many programs; prefill packs the GQA group into tall query tiles. exact: the
+    output must repeat bit for bit from call to call (`_exact`; default: whether
+    torch.use_deterministic_algorithms is on)."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     sms = _num_sms(device)
@@ -1202,24 +1204,25 @@ def _config(M_total, S, B, H_kv, D, device):
         # program rotating its chunk back and adding its share into the output
         # (`_tq4_merge_cols_kernel`'s ROTATE): one kernel after the split kernel instead of two,
         # 0.8-1.5 us faster at 4K-128K. Its atomic adds make the output's last bits vary from call
-        # to call: with torch.use_deterministic_algorithms(True), and in exported programs
-        # (`_merge_rotates`), the combine rotates back instead (bit for bit the same every call,
-        # as at every other head_dim). At head_dim 128 the rotating merge was as fast at best
-        # (32-column chunks 2-5 us slower).
+        # to call, so where the output must repeat bit for bit (`exact`) the combine rotates back
+        # instead, after a merge by column chunks only where the splits are 128 or more (2-3%
+        # faster at 32K-128K; fewer splits pay more for the extra launch than they save). At
+        # head_dim 128 the rotating merge was as fast at best (32-column chunks 2-5 us slower).
         early = D >= 256
+        exact = torch.are_deterministic_algorithms_enabled() if exact is None else exact
+        merge_rotates = D >= 256 and not exact
         # At head_dim 256, ranges of several tiles are checked on the device for holding one
         # (`_short_ranges`): 1-2% faster at 32K-128K and with 4K cached of 128K on H200; at 128 the
         # same was 0.5-2% slower.
         short = D >= 256
-        merge_cols = (16, 32, 4) if D >= 256 else None
+        merge_cols = (16, 32, 4) if merge_rotates or (early and statically_known_true(nsplit >= 128)) else None
         # The query rotation is latency on every call's path: at head_dim 256 each of its programs
         # rotates into 8 columns (an 8 KB slice of R) rather than 32, 0.3-0.6 us shorter at 4K-128K;
         # at head_dim 128, 16 or 8 columns made llama 4K 0.5-1 us slower (results/attention.md).
         rotate = (16, 8, 1, 4) if D >= 256 else (16, 32, 1, 4)
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
                     stages=1, maxnreg=128, kv_vec=kv_vec, early=early, short=short, merge_cols=merge_cols,
-                    merge_rotates=merge_cols is not None and not torch.are_deterministic_algorithms_enabled(),
-                    rotate=rotate) | common | (CONFIG_OVERRIDE or {})
+                    merge_rotates=merge_rotates, rotate=rotate) | common | (CONFIG_OVERRIDE or {})
     # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
     # not fit in shared memory), 3 below.
     bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
@@ -1268,14 +1271,12 @@ def _use_pdl(q) -> bool:
     return q.device.type == "cuda" and not is_fake(q)
 
 
-def _merge_rotates(q, cfg) -> bool:
-    """Whether decode's merge by column chunks also rotates back, adding its shares into the output
-    with atomic adds (`_tq4_merge_cols_kernel`'s ROTATE): where the launcher's config asks for it
-    (not under torch.use_deterministic_algorithms), and not while tracing. The adds arrive in any
-    order, so the output's last bits vary from call to call; an exported program keeps the merge
-    that rotates back in a kernel of its own and repeats its output bit for bit (the runner's GPU
-    check asks that of greedy and seeded generation)."""
-    return bool(cfg.get("merge_cols") and cfg.get("merge_rotates")) and not is_fake(q)
+def _exact(q) -> bool:
+    """Whether the op's output must repeat bit for bit from call to call (`_config`'s exact): under
+    torch.use_deterministic_algorithms(True), and while tracing. An exported program keeps the
+    merge without atomic adds and repeats its output bit for bit, as the runner's GPU check asks
+    of greedy and seeded generation."""
+    return torch.are_deterministic_algorithms_enabled() or is_fake(q)
 
 
 @functools.cache
@@ -1334,7 +1335,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     M_total = Lq * G
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    cfg = _config(M_total, k_packed.shape[2], B, H_kv, D, q.device)
+    cfg = _config(M_total, k_packed.shape[2], B, H_kv, D, q.device, exact=_exact(q))
     nsplit = cfg["nsplit"]
     dev = q.device
 
@@ -1381,7 +1382,7 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     pdl = bool(cfg["pdl"]) and not interpret and _use_pdl(q)
     launch_pdl = {"launch_pdl": True} if pdl else {}  # for the kernels after the rotation
     rm, rc, rp, rw = cfg["rotate"]
-    merge_rotates = _merge_rotates(q, cfg)
+    merge_rotates = bool(cfg.get("merge_cols") and cfg.get("merge_rotates"))
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc + 1)](
         q, rot, q_rot, centroids, tab, out, *q_strides, *out_strides, M_total, H_kv, scale * LOG2E,
         G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, PDL=pdl, ZERO_OUT=merge_rotates, num_warps=rw,
