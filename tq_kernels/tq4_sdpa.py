@@ -18,9 +18,7 @@ row once into bf16 (`_dequant_prmt`). Two more tricks:
   * norms scale the [M, N] score / probability tiles, never the [N, D] K / V tiles.
 
 Decode (one query row per head) splits the KV sequence over CTAs (flash-decoding) and a second
-kernel merges the partial results and rotates them back (at head_dim 256 by column chunks whose
-shares of the output meet in bf16 atomic adds, in eager calls that do not ask for deterministic
-algorithms). Its kernel computes the tiles transposed
+kernel merges the partial results and rotates them back. Its kernel computes the tiles transposed
 (K q^T, V^T P^T: keys and coordinates as the MMA rows, the few query rows as N), so a tile holds
 as few as 8 query rows: the accumulators stay small and 4 programs fit on an SM (the loop is
 issue-bound; more resident warps hide its latencies).
@@ -66,11 +64,11 @@ HEAD_DIMS = (64, 128, 256)
 
 @triton.jit
 def _rotate_q_kernel(
-    q_ptr, rot_ptr, qr_ptr, cent_ptr, tab_ptr, out_ptr,
-    stride_qb, stride_qh, stride_ql, stride_ob, stride_oh, stride_ol,
+    q_ptr, rot_ptr, qr_ptr, cent_ptr, tab_ptr,
+    stride_qb, stride_qh, stride_ql,
     M_total, H_kv, qk_scale,
     G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-    INTERPRET: tl.constexpr, PDL: tl.constexpr = False, ZERO_OUT: tl.constexpr = False,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """q_rot[b, kvh, r, c-chunk] = q[b, kvh*G + r%G, r//G, :] @ R[c-chunk, :]^T * qk_scale  (bf16).
 
@@ -82,9 +80,6 @@ def _rotate_q_kernel(
     program's chain of dependent loads holds both jobs: at decode this kernel is a few
     microseconds of latency, not of work. With PDL the decode kernel launched after it may start
     at once (it waits for this one's results where it needs them: `_tq4_decode_kernel`).
-
-    ZERO_OUT: each program also zeroes its rows and columns of the output, which the merge then
-    adds its shares into (`_tq4_merge_cols_kernel`'s ROTATE).
     """
     i_m0, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if PDL:
@@ -112,9 +107,6 @@ def _rotate_q_kernel(
             b_o = tl.dot(b_q, tl.trans(b_r)) * qk_scale  # [BM, BC]
             tl.store(qr_ptr + (i_bh * M_total + o_r)[:, None] * D + o_c[None, :], b_o.to(tl.bfloat16),
                      mask=m_r[:, None])
-            if ZERO_OUT:
-                p_o = _gqa_rows(out_ptr, i_b, i_kvh, o_r, stride_ob, stride_oh, stride_ol, G) + o_c[None, :]
-                tl.store(p_o, tl.zeros([BLOCK_M, BLOCK_C], tl.bfloat16), mask=m_r[:, None])
 
 
 @triton.jit
@@ -956,53 +948,29 @@ def _merged_row(po_ptr, plse_ptr, kv_len, row0, M_total, nsplit, o_d, D: tl.cons
 
 @triton.jit
 def _tq4_merge_cols_kernel(
-    po_ptr, plse_ptr, kv_len_ptr, mo_ptr, mlse_ptr, rot_ptr, out_ptr, stride_ob, stride_oh, stride_ol,
-    M_total, H_kv, nsplit,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    NS_MAX: tl.constexpr, NS_HEAD: tl.constexpr, NS_TAIL: tl.constexpr, PDL: tl.constexpr = False,
-    WHOLE: tl.constexpr = False, ROTATE: tl.constexpr = False, INTERPRET: tl.constexpr = False,
+    po_ptr, plse_ptr, kv_len_ptr, mo_ptr, mlse_ptr, M_total, nsplit,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NS_MAX: tl.constexpr,
+    NS_HEAD: tl.constexpr, NS_TAIL: tl.constexpr, PDL: tl.constexpr = False, WHOLE: tl.constexpr = False,
 ):
     """Merge the nsplit partials of one row, columns [c0, c0 + BLOCK_C), into mo / mlse (one
     partial per row, for `_tq4_combine_kernel` to rotate back): the first of two merge steps where
     splits are many. Each partial column is read once, by one of D / BLOCK_C programs per row
     (each of the combine's programs reads whole rows).
 
-    ROTATE: no second step. The rotation back is linear, so each program multiplies its merged
-    columns by their rows of R (loaded before it waits) and adds that share of the output row
-    into the output, which the query rotation zeroed (`_rotate_q_kernel`'s ZERO_OUT), with bf16
-    atomic adds that nothing waits for. The D / BLOCK_C shares of a row arrive in any order, so
-    the output's last bits may differ from call to call (each add rounds to bf16: a few bf16
-    ulps); under torch.use_deterministic_algorithms(True), and in an export, the launcher takes the
-    combine instead (`_exact`).
-
     PDL: launched while the split kernel runs, it lets the combine launch at once (to load R)
     and waits for the partials."""
-    HALF: tl.constexpr = D // 2
     i_r, i_bh, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_d = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     kv_len = tl.load(kv_len_ptr).to(tl.int32)
-    if ROTATE:  # rows of R for these partial columns (`_code_coords` order, as in the combine)
-        r_row = _code_coords(o_d % HALF) + tl.where(o_d < HALF, 0, 4)
-        o_out = tl.arange(0, D)
-        b_r = tl.load(rot_ptr + r_row[:, None] * D + o_out[None, :])  # [BC, D]
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
     o, lse = _merged_row(po_ptr, plse_ptr, kv_len, i_bh * nsplit * M_total + i_r, M_total, nsplit, o_d, D, BLOCK_C,
                          BLOCK_N, BLOCK_S, NS_MAX, WHOLE, NS_HEAD, NS_TAIL)
-    if ROTATE:
-        share = tl.sum(o[:, None] * b_r, 0)  # [D]
-        i_b, i_kvh = i_bh // H_kv, i_bh % H_kv
-        p_o = out_ptr + i_b * stride_ob + (i_kvh * G + i_r % G) * stride_oh + (i_r // G) * stride_ol + o_out
-        if INTERPRET:  # (no bf16 atomics there; its programs run one after another)
-            tl.store(p_o, (tl.load(p_o).to(tl.float32) + share.to(tl.bfloat16).to(tl.float32)).to(tl.bfloat16))
-        else:
-            tl.atomic_add(p_o, share.to(tl.bfloat16), sem="relaxed")
-    else:
-        row = i_bh * M_total + i_r
-        tl.store(mo_ptr + row * D + o_d, o)
-        if i_c == 0:
-            tl.store(mlse_ptr + row, lse)
+    row = i_bh * M_total + i_r
+    tl.store(mo_ptr + row * D + o_d, o)
+    if i_c == 0:
+        tl.store(mlse_ptr + row, lse)
 
 
 @triton.jit
@@ -1141,7 +1109,7 @@ def validate(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_le
 # range exit at once), rotate (rows, columns, programs per column chunk, warps of decode's query
 # rotation), combine (splits per step, columns, warps, stages of decode's merge and rotation
 # back), merge_cols (splits per step, columns, warps of a first merge by column chunks; None:
-# none), merge_rotates (that merge also rotates back and adds into the output: no combine), pdl (launch decode's split kernel and merge with programmatic dependent
+# none), pdl (launch decode's split kernel and merge with programmatic dependent
 # launch where the launcher may: `_use_pdl`), scratch (rows per program, columns per
 # step, warps of the prefill scratch kernel), chunk (cache rows the prefill scratch holds),
 # split_keys (cached keys per key range of a split prefill) and merge (rows per program, warps of
@@ -1153,11 +1121,9 @@ CONFIG_OVERRIDE: dict | None = None
 SCRATCH_BYTES = 64 * 2**20
 
 
-def _config(M_total, S, B, H_kv, D, device, exact=None):
+def _config(M_total, S, B, H_kv, D, device):
     """Launch config without guarding on a dynamic L_q: decode (a few packed rows) splits the
-    sequence over many programs; prefill packs the GQA group into tall query tiles. exact: the
-    output must repeat bit for bit from call to call (`_exact`; default: whether
-    torch.use_deterministic_algorithms is on)."""
+    sequence over many programs; prefill packs the GQA group into tall query tiles."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     sms = _num_sms(device)
@@ -1200,29 +1166,22 @@ def _config(M_total, S, B, H_kv, D, device, exact=None):
         nsplit = max(1, min(triton.cdiv(S, block_n), max_splits))
         # At head_dim 256 (H200, results/attention.md): programs whose key range is empty (a partly
         # filled cache) exit early, 4% faster with 4K cached of 128K and no slower elsewhere (at
-        # head_dim 128 0.2 us slower at 4K); and the partials are merged by column chunks, each
-        # program rotating its chunk back and adding its share into the output
-        # (`_tq4_merge_cols_kernel`'s ROTATE): one kernel after the split kernel instead of two,
-        # 0.8-1.5 us faster at 4K-128K. Its atomic adds make the output's last bits vary from call
-        # to call, so where the output must repeat bit for bit (`exact`) the combine rotates back
-        # instead, after a merge by column chunks only where the splits are 128 or more (2-3%
-        # faster at 32K-128K; fewer splits pay more for the extra launch than they save). At
-        # head_dim 128 the rotating merge was as fast at best (32-column chunks 2-5 us slower).
+        # head_dim 128 0.2 us slower at 4K); and where the splits are 128 or more, their partials
+        # are merged by column chunks first (`_tq4_merge_cols_kernel`): 2-3% faster at 32K-128K,
+        # where fewer splits pay more for the extra launch than they save.
         early = D >= 256
-        exact = torch.are_deterministic_algorithms_enabled() if exact is None else exact
-        merge_rotates = D >= 256 and not exact
         # At head_dim 256, ranges of several tiles are checked on the device for holding one
         # (`_short_ranges`): 1-2% faster at 32K-128K and with 4K cached of 128K on H200; at 128 the
         # same was 0.5-2% slower.
         short = D >= 256
-        merge_cols = (16, 32, 4) if merge_rotates or (early and statically_known_true(nsplit >= 128)) else None
+        merge_cols = (16, 32, 4) if early and statically_known_true(nsplit >= 128) else None
         # The query rotation is latency on every call's path: at head_dim 256 each of its programs
         # rotates into 8 columns (an 8 KB slice of R) rather than 32, 0.3-0.6 us shorter at 4K-128K;
         # at head_dim 128, 16 or 8 columns made llama 4K 0.5-1 us slower (results/attention.md).
         rotate = (16, 8, 1, 4) if D >= 256 else (16, 32, 1, 4)
         return dict(decode=True, block_m=block_m, block_n=block_n, nsplit=nsplit, max_splits=max_splits, warps=4,
                     stages=1, maxnreg=128, kv_vec=kv_vec, early=early, short=short, merge_cols=merge_cols,
-                    merge_rotates=merge_rotates, rotate=rotate) | common | (CONFIG_OVERRIDE or {})
+                    rotate=rotate) | common | (CONFIG_OVERRIDE or {})
     # H100 best (results/attention.md): 128 x 64 tiles, 8 warps; 2 stages at head_dim 256 (3 do
     # not fit in shared memory), 3 below.
     bm, bn, warps, stages = (128, 64, 8, 2) if D == 256 else (128, 64, 8, 3)
@@ -1271,14 +1230,6 @@ def _use_pdl(q) -> bool:
     return q.device.type == "cuda" and not is_fake(q)
 
 
-def _exact(q) -> bool:
-    """Whether the op's output must repeat bit for bit from call to call (`_config`'s exact): under
-    torch.use_deterministic_algorithms(True), and while tracing. An exported program keeps the
-    merge without atomic adds and repeats its output bit for bit, as the runner's GPU check asks
-    of greedy and seeded generation."""
-    return torch.are_deterministic_algorithms_enabled() or is_fake(q)
-
-
 @functools.cache
 def _decode_launch(warps, stages, maxnreg):
     """The decode kernel with its launch options as a one-config autotuner (one config runs
@@ -1320,11 +1271,6 @@ def _partials(rows, D, dev):
             torch.empty((rows,), dtype=torch.float32, device=dev))
 
 
-def _output(shape, dev):
-    """The op's output, bf16, uninitialized (the kernels write every element, or zero it first)."""
-    return torch.empty(shape, dtype=torch.bfloat16, device=dev)
-
-
 def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation, kv_len, scale=None):
     """Triton path of tq4_sdpa; a plain function (same arguments as the op) so tests can call it
     directly on CPU tensors under TRITON_INTERPRET=1."""
@@ -1335,14 +1281,14 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     M_total = Lq * G
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    cfg = _config(M_total, k_packed.shape[2], B, H_kv, D, q.device, exact=_exact(q))
+    cfg = _config(M_total, k_packed.shape[2], B, H_kv, D, q.device)
     nsplit = cfg["nsplit"]
     dev = q.device
 
     rot = rotation.contiguous()
     k_norms, v_norms = k_norms.contiguous(), v_norms.contiguous()
     k_packed, v_packed = k_packed.contiguous(), v_packed.contiguous()
-    out = _output((B, H_q, Lq, D), dev)
+    out = torch.empty((B, H_q, Lq, D), dtype=torch.bfloat16, device=dev)
     q_strides, out_strides = (q.stride(0), q.stride(1), q.stride(2)), (out.stride(0), out.stride(1), out.stride(2))
     S = k_packed.shape[2]
     kstrides = (k_packed.stride(0), k_packed.stride(1), k_packed.stride(2))
@@ -1382,11 +1328,9 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     pdl = bool(cfg["pdl"]) and not interpret and _use_pdl(q)
     launch_pdl = {"launch_pdl": True} if pdl else {}  # for the kernels after the rotation
     rm, rc, rp, rw = cfg["rotate"]
-    merge_rotates = bool(cfg.get("merge_cols") and cfg.get("merge_rotates"))
     wrap_triton(_rotate_q_kernel)[(torch.sym_min(triton.cdiv(M_total, rm), rp), B * H_kv, D // rc + 1)](
-        q, rot, q_rot, centroids, tab, out, *q_strides, *out_strides, M_total, H_kv, scale * LOG2E,
-        G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, PDL=pdl, ZERO_OUT=merge_rotates, num_warps=rw,
-        num_stages=2,
+        q, rot, q_rot, centroids, tab, *q_strides, M_total, H_kv, scale * LOG2E,
+        G=G, D=D, BLOCK_M=rm, BLOCK_C=rc, INTERPRET=interpret, PDL=pdl, num_warps=rw, num_stages=2,
     )
     po, plse = _partials(B * H_kv * nsplit * M_total, D, dev)
     wrap_triton(_decode_launch(cfg["warps"], cfg["stages"], cfg.get("maxnreg")))[(q_tiles, B * H_kv, nsplit)](
@@ -1399,21 +1343,16 @@ def tq4_sdpa_triton(q, k_packed, k_norms, v_packed, v_norms, centroids, rotation
     )
     cs, cc, cw, cst = cfg["combine"]
     ns_max = triton.next_power_of_2(nsplit if isinstance(nsplit, int) else cfg["max_splits"])
-    # Merge by column chunks first: the combine then rotates one partial per row, or with
-    # merge_rotates each chunk's program rotates back its share of the output and adds it in.
-    if cfg.get("merge_cols"):
+    if cfg.get("merge_cols"):  # merge by column chunks first: the combine then rotates one partial per row
         ms, mc, mw = cfg["merge_cols"]
-        mo, mlse = (po, plse) if merge_rotates else _partials(B * H_kv * M_total, D, dev)  # (unused if it rotates)
+        mo, mlse = _partials(B * H_kv * M_total, D, dev)
         ns_max = max(ms, ns_max)
         head, tail = _whole_split_tiles(nsplit, ns_max)
         wrap_triton(_tq4_merge_cols_kernel)[(M_total, B * H_kv, D // mc)](
-            po, plse, kv_len, mo, mlse, rot, out, *out_strides, M_total, H_kv, nsplit, G=G, D=D,
-            BLOCK_N=cfg["block_n"], BLOCK_S=ms, BLOCK_C=mc, NS_MAX=ns_max, PDL=pdl,
-            WHOLE=_whole_merge((head + tail + merge_rotates * D) * mc, mw), NS_HEAD=head, NS_TAIL=tail,
-            ROTATE=merge_rotates, INTERPRET=interpret, num_warps=mw, **launch_pdl,
+            po, plse, kv_len, mo, mlse, M_total, nsplit, D=D, BLOCK_N=cfg["block_n"], BLOCK_S=ms, BLOCK_C=mc,
+            NS_MAX=ns_max, PDL=pdl, WHOLE=_whole_merge((head + tail) * mc, mw), NS_HEAD=head, NS_TAIL=tail,
+            num_warps=mw, **launch_pdl,
         )
-        if merge_rotates:
-            return out
         po, plse, nsplit, ns_max = mo, mlse, 1, 1
     ns_max = max(cs, ns_max)
     head, tail = _whole_split_tiles(nsplit, ns_max)
