@@ -305,24 +305,33 @@ def _code_tables(cent_ptr):
     0.3-0.6% more distortion than the optimum. Of the 128 scales cq_max (1 - k / 512), the one
     whose 8 magnitudes land closest to the grid (least squared error) leaves 0.3-0.4% rms, 0.11-0.15%
     above the optimum (tests/test_tq4_lookup_ptx.py)."""
-    c, c_neg = _codebook_halves(cent_ptr)
-    mag = tl.abs(c)
+    # Each thread takes one candidate scale and reads the entries as scalars, so the only step
+    # across threads is the choice among the candidates (all loads come before it: a load is not
+    # issued past a barrier).
+    symmetric = _symmetric(cent_ptr)
+    c_max = 0.0
+    for j in tl.static_range(8):
+        c_max = tl.maximum(c_max, tl.abs(tl.load(cent_ptr + j)))
     k = tl.arange(0, 128)
-    cq_max = 127.5 / tl.max(mag, 0)
-    cand = cq_max * (1.0 - k.to(tl.float32) / 512.0)
-    x = mag[None, :] * cand[:, None]  # [128, 8]: the magnitudes in code units
-    miss = tl.minimum(tl.floor(x), 127.0) + 0.5 - x
-    err = tl.sum(miss * miss, 1) / (cand * cand)  # squared error in codebook units
+    cand = 127.5 / c_max * (1.0 - k.to(tl.float32) / 512.0)
+    err = tl.zeros([128], tl.float32)
+    for j in tl.static_range(8):
+        x = tl.abs(tl.load(cent_ptr + j)) * cand  # entry j in code units
+        miss = tl.minimum(tl.floor(x), 127.0) + 0.5 - x
+        err += miss * miss
+    err = err / (cand * cand)  # squared error in codebook units
     # The least error and its k in one reduction: a non-negative float's bits order as integers,
     # so its bits with the low 7 replaced by k do too (to within 2^-16 of the error).
     best = tl.min((err.to(tl.int32, bitcast=True) & -128) | k, 0)
-    cq = cq_max * (1.0 - (best & 127).to(tl.float32) / 512.0)
-    t = tl.minimum(tl.floor(c * cq), 127.0).to(tl.int32) & 0xFF
-    o = tl.arange(0, 8)
-    shift = (o % 4) * 8
-    t0 = tl.sum(tl.where(o < 4, t << shift, 0), 0)
-    t1 = tl.sum(tl.where(o >= 4, t << shift, 0), 0)
-    return t0, t1, tl.where(_symmetric(c, c_neg), cq, float("nan"))
+    cq = 127.5 / c_max * (1.0 - (best & 127).to(tl.float32) / 512.0)
+    t0, t1 = 0, 0
+    for j in tl.static_range(8):
+        t = tl.minimum(tl.floor(tl.load(cent_ptr + j) * cq), 127.0).to(tl.int32) & 0xFF
+        if j < 4:
+            t0 = t0 | (t << (8 * j))
+        else:
+            t1 = t1 | (t << (8 * (j - 4)))
+    return t0, t1, tl.where(symmetric, cq, float("nan"))
 
 
 @triton.jit
@@ -388,18 +397,15 @@ def _bf16_bits(x):
 
 
 @triton.jit
-def _codebook_halves(cent_ptr):
-    """The 16 centroids as entries 0-7 and entries 8-15: one load, split in registers (a second
-    load would be issued where its value is first used, after the loads it could overlap)."""
-    c = tl.load(cent_ptr + tl.arange(0, 16))
-    return tl.split(tl.permute(tl.reshape(c, [2, 8]), (1, 0)))
-
-
-@triton.jit
-def _symmetric(c, c_neg):
-    """Whether entries 8-15 of the centroids (c_neg) are the negated entries 0-7 (c), in bf16:
-    sign-magnitude labels of a symmetric codebook, the only kind the GPU lookups serve."""
-    return tl.max(tl.where(_bf16_bits(c) == (_bf16_bits(c_neg) ^ 0x8000), 0, 1), 0) == 0
+def _symmetric(cent_ptr):
+    """Whether entries j + 8 of the 16 centroids are the negated entries j, in bf16: sign-magnitude
+    labels of a symmetric codebook, the only kind the GPU lookups serve. Entry by entry, as
+    scalars: no step across threads."""
+    mismatched = 0
+    for j in tl.static_range(8):
+        c, c_neg = tl.load(cent_ptr + j), tl.load(cent_ptr + j + 8)
+        mismatched += tl.where(_bf16_bits(c) == (_bf16_bits(c_neg) ^ 0x8000), 0, 1)
+    return mismatched == 0
 
 
 @triton.jit
@@ -410,10 +416,9 @@ def _codebook_tables(cent_ptr):
     negated entries j in bf16 (not sign-magnitude labels of a symmetric codebook) gets NaN
     tables, so the op's output is NaN rather than silently wrong (the GPU cannot raise without a
     host sync; the CPU paths raise)."""
-    c, c_neg = _codebook_halves(cent_ptr)
-    symmetric = _symmetric(c, c_neg)
     o = tl.arange(0, 8)
-    bits, shift = _bf16_bits(c), (o % 4) * 8
+    bits, shift = _bf16_bits(tl.load(cent_ptr + o)), (o % 4) * 8
+    symmetric = _symmetric(cent_ptr)
     lo, hi = (bits & 0xFF) << shift, (bits >> 8) << shift
     t0 = tl.sum(tl.where(o < 4, lo, 0), 0)
     t1 = tl.sum(tl.where(o >= 4, lo, 0), 0)
