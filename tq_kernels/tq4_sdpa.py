@@ -312,8 +312,9 @@ def _code_tables(cent_ptr):
     c_max = 0.0
     for j in tl.static_range(8):
         c_max = tl.maximum(c_max, tl.abs(tl.load(cent_ptr + j)))
+    cq_max = 127.5 / c_max
     k = tl.arange(0, 128)
-    cand = 127.5 / c_max * (1.0 - k.to(tl.float32) / 512.0)
+    cand = cq_max * (1.0 - k.to(tl.float32) / 512.0)
     err = tl.zeros([128], tl.float32)
     for j in tl.static_range(8):
         x = tl.abs(tl.load(cent_ptr + j)) * cand  # entry j in code units
@@ -323,7 +324,7 @@ def _code_tables(cent_ptr):
     # The least error and its k in one reduction: a non-negative float's bits order as integers,
     # so its bits with the low 7 replaced by k do too (to within 2^-16 of the error).
     best = tl.min((err.to(tl.int32, bitcast=True) & -128) | k, 0)
-    cq = 127.5 / c_max * (1.0 - (best & 127).to(tl.float32) / 512.0)
+    cq = cq_max * (1.0 - (best & 127).to(tl.float32) / 512.0)
     t0, t1 = 0, 0
     for j in tl.static_range(8):
         t = tl.minimum(tl.floor(tl.load(cent_ptr + j) * cq), 127.0).to(tl.int32) & 0xFF
