@@ -5,7 +5,9 @@ cache fills).
     python scripts/bench_attention.py [--out results/attention.md] [--json FILE]
 
 Times are medians of CUDA-graph replays (triton.testing.do_bench_cudagraph), so Python launch
-overhead does not hide the kernels. GB/s counts the bytes each kernel must read: the compressed
+overhead does not hide the kernels. tq4_sdpa is timed twice: as an eager or CUDA-graph call
+launches it (decode's kernels with programmatic dependent launch) and as an exported program does
+(the same kernels launched plainly: AOTInductor's launches take no PDL attribute). GB/s counts the bytes each kernel must read: the compressed
 cache (packed indices + bf16 norms) for ours, the bf16 cache for SDPA. Cosine is ours against the
 fp32 reference on the same compressed cache. ExecuTorch's own tq4_sdpa is timed when the
 installed executorch has it (>= 1.3). Where the cache's capacity exceeds the cached keys, SDPA
@@ -15,6 +17,7 @@ reads only the cached keys (a copy of them): the best a bf16 cache could do.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 
 import torch
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 import triton.testing
 
 import tq_kernels  # noqa: F401  (registers torch.ops.tq.tq4_sdpa)
+from tq_kernels import tq4_sdpa as tq4_module
 from tq_kernels.tq4_sdpa import tq4_sdpa_reference
 from tq_export.turboquant import TurboQuantizer
 from _results import commit_id, publish  # scripts/_results.py (scripts/ is on sys.path)
@@ -60,6 +64,17 @@ def bench(fn):
     return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
 
 
+@contextlib.contextmanager
+def launch_override(**cfg):
+    """tq4_sdpa's launches with cfg over the launcher's choices (`CONFIG_OVERRIDE`), restored after."""
+    saved = tq4_module.CONFIG_OVERRIDE
+    tq4_module.CONFIG_OVERRIDE = {**(saved or {}), **cfg}
+    try:
+        yield
+    finally:
+        tq4_module.CONFIG_OVERRIDE = saved
+
+
 def case_label(kind, ctx, capacity):
     label = f"{kind} {ctx // 1024}K"
     return label if capacity == ctx else f"{label} of {capacity // 1024}K"
@@ -76,6 +91,8 @@ def run_case(name, kind, ctx, capacity):
     ref = tq4_sdpa_reference(*args)
     cos = F.cosine_similarity(out.float().flatten(), ref.float().flatten(), dim=0).item()
     t_ours, t_sdpa = bench(ours), bench(sdpa)
+    with launch_override(pdl=False):  # as an exported program launches the kernels
+        t_plain = bench(ours)
     et = executorch_tq4_sdpa()
     t_et = None
     if et is not None:
@@ -87,7 +104,7 @@ def run_case(name, kind, ctx, capacity):
     bf16_bytes = 2 * h_kv * ctx * d * 2
     return {
         "model": name, "case": case_label(kind, ctx, capacity), "ms_ours": t_ours, "ms_bf16": t_sdpa,
-        "ms_executorch": t_et, "ratio": t_ours / t_sdpa,
+        "ms_executorch": t_et, "ratio": t_ours / t_sdpa, "ms_exported": t_plain, "ratio_exported": t_plain / t_sdpa,
         "gbs_ours": tq_bytes / t_ours / 1e6, "gbs_bf16": bf16_bytes / t_sdpa / 1e6, "cosine": cos,
     }
 
@@ -97,7 +114,6 @@ def sweep(only: str | None = None):
     import itertools
 
     import triton as _triton
-    from tq_kernels import tq4_sdpa as mod
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for name in SHAPES:
@@ -118,15 +134,14 @@ def sweep(only: str | None = None):
                 space = [dict(block_m=bm, block_n=bn, warps=w, stages=st, nsplit=1) for bm, bn, w, st in tiles]
             results = []
             for cfg in space:
-                mod.CONFIG_OVERRIDE = cfg
                 try:
-                    ms = triton.testing.do_bench_cudagraph(lambda: mod.tq4_sdpa_triton(*args), rep=40,
-                                                           return_mode="median")
+                    with launch_override(**cfg):
+                        ms = triton.testing.do_bench_cudagraph(lambda: tq4_module.tq4_sdpa_triton(*args), rep=40,
+                                                               return_mode="median")
                 except Exception as e:  # out of resources etc.
                     ms = float("inf")
                     print(f"  {cfg}: {type(e).__name__}")
                 results.append((ms, cfg))
-            mod.CONFIG_OVERRIDE = None
             results.sort(key=lambda r: r[0])
             print(f"{name} {case_label(kind, ctx, capacity)}: best {results[0][0]:.4f} ms {results[0][1]}; "
                   f"2nd {results[1][0]:.4f} {results[1][1]}; worst {results[-1][0]:.4f}", flush=True)
@@ -151,10 +166,12 @@ def main():
     rows = [run_case(name, *case) for name in SHAPES for case in CASES]
     header = (f"\n### {gpu}, commit {commit}, {datetime.date.today()}, torch {torch.__version__}, "
               f"triton {triton.__version__}\n\n"
-              "| shape | case | bf16 SDPA ms | tq4_sdpa ms | ratio | ExecuTorch tq4 ms | tq4 GB/s | bf16 GB/s | cosine |\n"
-              "|---|---|---|---|---|---|---|---|---|\n")
+              "| shape | case | bf16 SDPA ms | tq4_sdpa ms | ratio | as exported ms | ratio | ExecuTorch tq4 ms "
+              "| tq4 GB/s | bf16 GB/s | cosine |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [
         f"| {r['model']} | {r['case']} | {r['ms_bf16']:.4f} | {r['ms_ours']:.4f} | {r['ratio']:.2f}x | "
+        f"{r['ms_exported']:.4f} | {r['ratio_exported']:.2f}x | "
         + (f"{r['ms_executorch']:.4f}" if r["ms_executorch"] else "n/a")
         + f" | {r['gbs_ours']:.0f} | {r['gbs_bf16']:.0f} | {r['cosine']:.5f} |"
         for r in rows
