@@ -7,8 +7,9 @@ cache fills).
 Times are medians of CUDA-graph replays (triton.testing.do_bench_cudagraph), so Python launch
 overhead does not hide the kernels. tq4_sdpa is timed twice: as an eager or CUDA-graph call
 launches it (decode's kernels with programmatic dependent launch) and as an exported program does
-(the same kernels launched plainly: AOTInductor's launches take no PDL attribute). GB/s counts the bytes each kernel must read: the compressed
-cache (packed indices + bf16 norms) for ours, the bf16 cache for SDPA. Cosine is ours against the
+(the same kernels launched plainly: AOTInductor's launches take no PDL attribute). GB/s counts the
+bytes each kernel must read: the compressed cache (packed indices + bf16 norms) for ours (timed as
+an eager call), the bf16 cache for SDPA. Cosine is ours against the
 fp32 reference on the same compressed cache. ExecuTorch's own tq4_sdpa is timed when the
 installed executorch has it (>= 1.3). Where the cache's capacity exceeds the cached keys, SDPA
 reads only the cached keys (a copy of them): the best a bf16 cache could do.
